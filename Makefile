@@ -1,0 +1,39 @@
+# Two commands: `make demo` and `make test`.  Both create or reuse .venv and
+# install what is missing (Python packages pinned by constraints.txt, and
+# WordNet 3.0 for the class-derivation tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: all install wordnet test test-heavy demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# WordNet 3.0 is only needed to re-derive class lists (and by the tests that
+# do).  scripts/ensure_wordnet.sh finds it or installs Debian's packages.
+wordnet: $(STAMP)
+	@VENV=$(VENV) bash scripts/ensure_wordnet.sh
+
+test: $(STAMP) wordnet
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-heavy: $(STAMP) wordnet
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(DEMO_OUT) build dist *.egg-info .pytest_cache

@@ -1,0 +1,104 @@
+"""The ``imagenet52p`` command: class lists, WordNet, and (from other modules) verify/info/prune."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections import defaultdict
+
+import click
+
+from ._version import __version__
+from .classes import BUILTIN_SETS, ClassSet, load_class_set
+
+
+def format_table(cs: ClassSet) -> str:
+    """Readable table; grouped by VOC class when the set has them."""
+    lines = [f"{cs.name}: {len(cs)} classes (sha256 {cs.sha256[:12]})"]
+    if any(c.voc_class for c in cs):
+        groups = defaultdict(list)
+        for c in cs:
+            groups[c.voc_class].append(c)
+        for voc in sorted(groups, key=lambda v: (v is None, v or "")):
+            members = groups[voc]
+            lines.append(f"\n{voc or '(none)'} ({len(members)})")
+            for c in members:
+                lines.append(f"  {c.index:>3}  {c.wnid}  {c.name:<26} in1k={c.imagenet1k_index:<4} "
+                             f"depth={c.depth} via {c.voc_synset}")
+    else:
+        lines.append("")
+        lines.extend(f"  {c.index:>4}  {c.wnid}  {c.name:<30} in1k={c.imagenet1k_index}" for c in cs)
+    return "\n".join(lines)
+
+
+def format_tsv(cs: ClassSet) -> str:
+    cols = ["index", "wnid", "name", "voc_class", "voc_synset", "depth", "imagenet1k_index"]
+    rows = ["\t".join(cols)]
+    for c in cs:
+        d = c.to_dict()
+        rows.append("\t".join("" if d[k] is None else str(d[k]) for k in cols))
+    return "\n".join(rows)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imagenet52p")
+def main() -> None:
+    """ImageNet-52P: class lists, shards, pruning runs."""
+
+
+@main.command("classes")
+@click.option("--set", "set_name", default="imagenet52p", show_default=True,
+              help=f"{' | '.join(BUILTIN_SETS)} | a frozen name (imagenet52p-v1) | PATH of a wnid list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "tsv"]), default="table", show_default=True)
+@click.option("--derive", is_flag=True,
+              help="Re-derive the frozen lists from WordNet 3.0; exit 1 on any difference.")
+@click.option("--wordnet-dir", type=click.Path(file_okay=False), default=None,
+              help="WordNet 3.0 dict directory (else $IMAGENET52P_WORDNET_DIR, NLTK data, /usr/share/wordnet).")
+def classes_cmd(set_name: str, fmt: str, derive: bool, wordnet_dir: str | None) -> None:
+    """Print a class set (label order = ImageNet-1k order), or check the frozen lists."""
+    if derive:
+        from .derive import SpecError, diff_frozen
+        from .wordnet import WordNetNotFoundError, WordNetVersionError
+
+        warnings.filterwarnings("ignore", message="The multilingual functions")
+        try:
+            diffs = diff_frozen(wordnet_dir)
+        except (WordNetNotFoundError, WordNetVersionError, SpecError) as exc:
+            raise click.ClickException(str(exc)) from None
+        bad = {k: v for k, v in diffs.items() if v}
+        for name, d in diffs.items():
+            click.echo(f"{name}: {'OK, matches WordNet 3.0' if not d else f'{len(d)} difference(s)'}")
+            for line in d:
+                click.echo(f"  {line}")
+        if bad:
+            sys.exit(1)
+        return
+    try:
+        cs = load_class_set(set_name)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
+    if fmt == "json":
+        click.echo(json.dumps([c.to_dict() for c in cs], indent=1, ensure_ascii=False))
+    elif fmt == "tsv":
+        click.echo(format_tsv(cs))
+    else:
+        click.echo(format_table(cs))
+
+
+@main.command("wordnet")
+@click.option("--wordnet-dir", type=click.Path(file_okay=False), default=None)
+def wordnet_cmd(wordnet_dir: str | None) -> None:
+    """Locate WordNet 3.0 and check its version (exit 1 with install help if missing)."""
+    from .wordnet import WordNetNotFoundError, WordNetVersionError, open_wordnet
+
+    warnings.filterwarnings("ignore", message="The multilingual functions")
+    try:
+        loc, wn = open_wordnet(wordnet_dir)
+    except (WordNetNotFoundError, WordNetVersionError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{loc.describe()}: version {wn.get_version()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
