@@ -129,7 +129,8 @@ def _nltk_find_wordnet() -> Path | None:
     return None
 
 
-def candidate_dirs(explicit: str | os.PathLike | None = None) -> list[tuple[str, Path | None]]:
+def candidate_dirs(explicit: str | os.PathLike | None = None,
+                   system_dirs: tuple[str, ...] | None = None) -> list[tuple[str, Path | None]]:
     """Places searched, in order, as ``(source, path)``; ``path`` None for NLTK's search."""
     places: list[tuple[str, Path | None]] = []
     explicit = explicit or os.environ.get(ENV_DIR)
@@ -138,14 +139,15 @@ def candidate_dirs(explicit: str | os.PathLike | None = None) -> list[tuple[str,
     places.append(("nltk", None))
     if os.environ.get("WNHOME"):
         places.append(("system", Path(os.environ["WNHOME"]) / "dict"))
-    places.extend(("system", Path(p)) for p in SYSTEM_DIRS)
+    places.extend(("system", Path(p)) for p in (SYSTEM_DIRS if system_dirs is None else system_dirs))
     return places
 
 
-def locate_wordnet(explicit: str | os.PathLike | None = None) -> WordNetLocation:
-    """Find WordNet 3.0 (see module docstring for the search order)."""
+def locate_wordnet(explicit: str | os.PathLike | None = None,
+                   system_dirs: tuple[str, ...] | None = None) -> WordNetLocation:
+    """Find WordNet 3.0 (see module docstring for the search order; ``system_dirs`` replaces step 3's list)."""
     searched: list[str] = []
-    for source, path in candidate_dirs(explicit):
+    for source, path in candidate_dirs(explicit, system_dirs):
         if source == "nltk":
             import nltk
 
@@ -172,8 +174,13 @@ def locate_wordnet(explicit: str | os.PathLike | None = None) -> WordNetLocation
 
 @functools.lru_cache(maxsize=4)
 def _open(explicit: str | None):
+    import warnings
+
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    # NLTK warns that the Open Multilingual WordNet is absent; we only need English 3.0.
+    warnings.filterwarnings("ignore", message="The multilingual functions are not available")
 
     loc = locate_wordnet(explicit)
     data_root = loc.corpus_dir.parent.parent if loc.source != "nltk" else None

@@ -1,0 +1,38 @@
+"""Shared fixtures: RNG state restored around every test; paths of the installed CLIs."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BIN = Path(sys.executable).parent
+
+
+def cli(name: str) -> str:
+    """Path of an installed console script (the real entry point, as a user runs it)."""
+    path = BIN / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is not installed: run `make install` (pip install -e .)")
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng_state():
+    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(torch_state)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
