@@ -100,5 +100,11 @@ def wordnet_cmd(wordnet_dir: str | None) -> None:
     click.echo(f"{loc.describe()}: version {wn.get_version()}")
 
 
+from .build_cli import info_cmd, verify_cmd  # noqa: E402
+
+main.add_command(verify_cmd)
+main.add_command(info_cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

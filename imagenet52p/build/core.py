@@ -1,0 +1,243 @@
+"""``build_dataset``: scan, plan, write shards in parallel (resuming), then the manifest last.
+
+Output directory states:
+
+* empty or new: a fresh build.
+* holding a build (``.build/build.json`` or ``manifest.json``) with the same identity
+  (class set, layout, output-changing options, tool version): resumed.  ``manifest.json`` is
+  removed first, leftover ``*.tmp`` files are deleted, and every planned shard whose record in
+  ``.build/shards/`` has the same plan hash and whose file still has the recorded sha256 is kept;
+  the rest are rebuilt.  The result equals an uninterrupted build byte for byte.
+* holding another build, or other files: refused (BuildError) unless ``overwrite=True``, which
+  deletes the build files (manifest, ``_info.json``, ``classes.json``, ``.build/``, shards) and
+  leaves anything else alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..classes import load_class_set
+from .config import SPLITS, BuildConfig, BuildError, build_identity, identity_digest
+from .layouts import scan_root
+from .manifest import make_info, make_manifest, write_json_atomic
+from .plan import plan_sha256, plan_split, shard_prefix, split_sources
+from .writer import ShardTask, file_sha256, write_shard
+
+log = logging.getLogger(__name__)
+STATE = ".build"
+OUR_FILES = ("manifest.json", "_info.json", "classes.json")
+
+
+@dataclass
+class BuildResult:
+    manifest: dict
+    timings: dict[str, float] = field(default_factory=dict)  # split -> wall seconds
+    reused: dict[str, int] = field(default_factory=dict)  # split -> shards kept from a previous run
+    seconds: float = 0.0
+    source_bytes: int = 0
+
+
+def _existing_identity(out: Path) -> dict | None:
+    state = out / STATE / "build.json"
+    try:
+        if state.is_file():
+            return json.loads(state.read_text())
+        m = out / "manifest.json"
+        if not m.is_file():
+            return None
+        man = json.loads(m.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # unreadable: treated as "not a build" (refused unless --overwrite)
+    return {"format": man.get("format"), "tool_version": man.get("tool_version"),
+            "class_set_sha256": man.get("class_set", {}).get("sha256"), "layout": man.get("layout"),
+            "options": man.get("options")}
+
+
+def _clean(out: Path) -> None:
+    for name in OUR_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / STATE, ignore_errors=True)
+    for split in SPLITS:
+        d = out / split
+        if d.is_dir():
+            for p in list(d.glob("*.tar")) + list(d.glob("*.tar.tmp")):
+                p.unlink()
+
+
+def _differences(old: dict, new: dict) -> str:
+    diffs = []
+    for k in ("format", "tool_version", "class_set_sha256", "layout"):
+        if old.get(k) != new.get(k):
+            diffs.append(f"{k}: {old.get(k)} -> {new.get(k)}")
+    oo, no = old.get("options") or {}, new["options"]
+    diffs += [f"{k}: {oo.get(k)} -> {no[k]}" for k in no if oo.get(k) != no[k]]
+    return "; ".join(diffs)
+
+
+def prepare_out(out: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
+    """Make ``out`` ready (see module docstring); return the kept shard records by path."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        old = _existing_identity(out)
+        if old is None and any(out.iterdir()):
+            if not overwrite:
+                raise BuildError(f"--out {out} is not empty and holds no imagenet52p build; choose a new "
+                                 f"directory, or pass --overwrite (deletes only build files and shards there)")
+            _clean(out)
+        elif old is not None and old != identity:
+            if not overwrite:
+                raise BuildError(f"--out {out} holds a different build ({_differences(old, identity)}); "
+                                 f"choose another --out, or pass --overwrite to replace it")
+            _clean(out)
+        elif old is not None and overwrite:
+            _clean(out)
+        (out / "manifest.json").unlink(missing_ok=True)  # the build is incomplete from now on
+        state = out / STATE
+        (state / "shards").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(state / "build.json", identity)
+        for split in SPLITS:
+            (out / split).mkdir(exist_ok=True)
+            for tmp in (out / split).glob("*.tmp"):
+                tmp.unlink()
+    except PermissionError as exc:
+        raise BuildError(f"cannot write to --out {out}: permission denied ({exc.filename})") from None
+    records = {}
+    for p in sorted((out / STATE / "shards").glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+            records[rec["path"]] = rec
+        except (json.JSONDecodeError, KeyError):
+            p.unlink()  # a record cut short by a crash: its shard is rebuilt
+    return records
+
+
+def _record_name(rel: str) -> str:
+    return rel.replace("/", "__") + ".json"
+
+
+def run_task(args: tuple[ShardTask, dict | None]) -> dict:
+    """Reuse the shard if ``record`` matches its plan and its file's checksum, else write it."""
+    task, record = args
+    if record is not None and record.get("plan_sha256") == task.plan_sha256:
+        path = Path(task.out) / task.rel
+        if path.is_file() and path.stat().st_size == record["bytes"] and file_sha256(path) == record["sha256"]:
+            return dict(record, reused=True)
+    return dict(write_shard(task), reused=False)
+
+
+def _make_tasks(cfg: BuildConfig, cs, splits, digest: str, prefix: str) -> dict[str, list[ShardTask]]:
+    tasks = {}
+    for split in SPLITS:
+        size = cfg.shard_size if split == "train" else cfg.eval_shard_size
+        tasks[split] = [ShardTask(split, j, rel, str(cfg.out_path), samples, plan_sha256(digest, rel, samples),
+                                  cfg.resize, cfg.quality, cfg.decode_check, cfg.on_error)
+                        for rel, j, samples in plan_split(split, splits[split], cs, size, cfg.seed, prefix)]
+    return tasks
+
+
+def run_build(cfg: BuildConfig) -> BuildResult:
+    """Build (or resume) ``cfg.out`` from ``cfg.root``; see :func:`build_dataset`."""
+    t_start = time.perf_counter()
+    cfg.validate()
+    cs = load_class_set(cfg.classes)
+    out = cfg.out_path
+    scan = scan_root(cfg.root_path, cfg.layout, cs.wnids)
+    counts = {w: 0 for w in cs.wnids}
+    for s in scan.sources:
+        if s.split == "train":
+            counts[s.wnid] += 1
+    missing = [w for w in cs.wnids if counts[w] == 0]
+    if missing and not cfg.allow_missing:
+        raise BuildError(f"{len(missing)} of {len(cs)} chosen classes have no train images under {cfg.root_path} "
+                         f"(layout {scan.layout}): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}; "
+                         f"check --root and --classes, or pass --allow-missing to build without them")
+    if missing:
+        log.warning("building without %d missing classes: %s", len(missing), ", ".join(missing))
+    identity = build_identity(cfg, cs.sha256, scan.layout)
+    digest = identity_digest(identity)
+    prefix = shard_prefix(cs)
+    splits = split_sources(scan.sources, cs.wnids, cfg.val_per_class, cfg.seed)
+    tasks = _make_tasks(cfg, cs, splits, digest, prefix)
+    records = prepare_out(out, identity, cfg.overwrite)
+    planned = {t.rel for ts in tasks.values() for t in ts}
+    for split in SPLITS:  # shards of an earlier plan that this plan does not have
+        for p in (out / split).glob("*.tar"):
+            if f"{split}/{p.name}" not in planned:
+                p.unlink()
+    result = BuildResult(manifest={})
+    by_split: dict[str, list[dict]] = {}
+    n_images = sum(len(t.samples) for ts in tasks.values() for t in ts)
+    workers = min(cfg.num_workers(), max(1, sum(len(ts) for ts in tasks.values())))
+    log.info("%s: %d images in %d shards, %d workers -> %s", cs.name, n_images,
+             len(planned), workers, out)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_images, unit="img", disable=not cfg.progress, dynamic_ncols=True)
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    written = 0
+    try:
+        for split in SPLITS:
+            t0 = time.perf_counter()
+            bar.set_description(split)
+            jobs = [(t, records.get(t.rel)) for t in tasks[split]]
+            results = pool.imap_unordered(run_task, jobs) if pool else map(run_task, jobs)
+            recs = {}
+            for rec in results:
+                if rec["reused"] and cfg.on_error == "fail" and rec["skipped"]:
+                    raise BuildError(f"kept shard {rec['path']} skipped {len(rec['skipped'])} bad image(s) in an "
+                                     f"earlier --on-error skip run (first: {rec['skipped'][0]['source']}); "
+                                     f"rerun with --overwrite to fail on them")
+                recs[rec["index"]] = rec
+                result.reused[split] = result.reused.get(split, 0) + rec["reused"]
+                if not rec["reused"]:
+                    write_json_atomic(out / STATE / "shards" / _record_name(rec["path"]),
+                                      {k: v for k, v in rec.items() if k not in ("reused", "seconds")})
+                    result.source_bytes += rec["source_bytes"]
+                    written += rec["bytes"]
+                bar.update(len(tasks[split][rec["index"]].samples))
+                el = max(time.perf_counter() - t_start, 1e-9)
+                bar.set_postfix_str(f"{written / el / 1e6:.1f} MB/s written", refresh=False)
+            by_split[split] = [recs[i] for i in sorted(recs)]
+            result.timings[split] = time.perf_counter() - t0
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
+        bar.close()
+    notes = {}
+    if "val" in scan.notes:
+        notes["test"] = scan.notes["val"]
+    if cfg.val_per_class == 0:
+        notes["val"] = "--val-per-class 0: no images held out"
+    manifest = make_manifest(cs, scan.layout, cfg.identity_options(), by_split, notes, scan.skipped,
+                             scan.ignored, missing)
+    try:
+        (out / "classes.json").write_text(cs.to_json(), encoding="utf-8")
+        write_json_atomic(out / "_info.json", make_info(manifest, prefix))
+        write_json_atomic(out / "manifest.json", manifest)  # last: its presence means "complete"
+    except OSError as exc:
+        (out / "manifest.json").unlink(missing_ok=True)
+        raise BuildError(f"cannot write the manifest into --out {out}: {exc}") from None
+    result.manifest = manifest
+    result.seconds = time.perf_counter() - t_start
+    log.info("done in %.1fs", result.seconds)
+    return result
+
+
+def build_dataset(cfg: BuildConfig) -> dict:
+    """Build webdataset shards from an ImageNet copy (docs/build.md); return the manifest.
+
+    Raises FileNotFoundError (no such root), ValueError (bad option or class list) and
+    BuildError (no layout matched, missing classes, a refused --out, a failed write, or a bad image
+    with ``on_error="fail"``).  No manifest is written unless every shard was.
+    """
+    return run_build(cfg).manifest

@@ -1,0 +1,119 @@
+"""Per-image checks and conversions: what goes into a shard's ``.jpg``.
+
+:func:`prepare_image` returns the bytes to store, the stored width and height, and the
+re-encoding reason (None when the original bytes are kept).  Definitions:
+
+* kept as is: a JPEG whose PIL mode is ``RGB``, not progressive, whose last start-of-scan marker
+  (``FF DA``) is followed by an end-of-image marker (``FF D9``), and (with ``--resize N``) whose
+  shorter side is at most N.  Checking costs a header parse and one backwards byte search, not a
+  decode; a file that fails the marker test is fully decoded, and skipped if that fails.
+  ``decode_check=True`` decodes every kept file.
+* converted (re-encoded as baseline RGB JPEG at ``quality``, reason recorded): other modes
+  (CMYK, grayscale ``L``, ...), progressive JPEGs, non-JPEG data (PNG, GIF, ... whatever the
+  file name says).  Transparent images are composited on white.
+* resized (reason ``"resize"``): shorter side above ``resize``, scaled to exactly ``resize``
+  (bicubic, aspect kept, sides rounded).
+* bad (:class:`BadImage`, skipped or fatal by ``on_error``): empty, not an image, truncated or
+  undecodable.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = None  # ImageNet has a few very large (but genuine) images
+
+
+class BadImage(Exception):
+    """The file cannot be used; ``str(exc)`` is the reason recorded in the manifest."""
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """True when an end-of-image marker follows the last start-of-scan marker.
+
+    Inside entropy-coded data ``FF`` is always stuffed (``FF 00``) and restart markers are
+    ``FF D0..D7``, so ``FF DA``/``FF D9`` only occur as real markers; an embedded EXIF thumbnail
+    ends before the main image's scans start, so it cannot satisfy the test for a cut-off file.
+    """
+    sos = data.rfind(b"\xff\xda")
+    return sos >= 0 and data.rfind(b"\xff\xd9") > sos
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            im.size  # noqa: B018 - header parsed
+        return im
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(im: Image.Image) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
+
+
+def conversion_reason(im: Image.Image) -> str | None:
+    """Why ``im`` cannot be stored as is (None: a baseline RGB JPEG)."""
+    if im.format != "JPEG":
+        return f"{im.format or 'unknown'} data, not JPEG"
+    if im.mode != "RGB":
+        return {"L": "grayscale JPEG", "CMYK": "CMYK JPEG"}.get(im.mode, f"{im.mode} JPEG")
+    if im.info.get("progressive") or im.info.get("progression"):
+        return "progressive JPEG"
+    return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def resized_size(w: int, h: int, short: int) -> tuple[int, int]:
+    """(width, height) with the shorter side equal to ``short``, aspect ratio kept (rounded)."""
+    if w <= h:
+        return short, max(1, round(h * short / w))
+    return max(1, round(w * short / h)), short
+
+
+def encode_jpeg(im: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def prepare_image(data: bytes, resize: int | None = None, quality: int = 90,
+                  decode_check: bool = False) -> tuple[bytes, int, int, str | None]:
+    """(bytes to store, width, height, re-encoding reason or None); raises :class:`BadImage`."""
+    im = _open(data)
+    w, h = im.size
+    reason = conversion_reason(im)
+    too_big = resize is not None and min(w, h) > resize
+    if reason is None and not too_big:
+        if decode_check or not jpeg_complete(data):
+            _decode(im)
+        return data, w, h, None
+    if too_big:
+        target = resized_size(w, h, resize)
+        if im.format == "JPEG":
+            im.draft(im.mode, target)  # decode at a reduced DCT scale >= target (fast, deterministic)
+    _decode(im)
+    out = _to_rgb(im)
+    if too_big:
+        out = out.resize(target, Image.Resampling.BICUBIC)
+        reason = "resize" if reason is None else f"{reason}; resize"
+    return encode_jpeg(out, quality), out.width, out.height, reason

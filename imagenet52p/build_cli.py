@@ -1,0 +1,105 @@
+"""``build-imagenet52p`` (build shards) and ``imagenet52p verify`` / ``imagenet52p info``.
+
+Thin click commands over :mod:`imagenet52p.build`: options become a :class:`BuildConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ._version import __version__
+from .build import LAYOUTS, BuildConfig, BuildError, format_summary, load_manifest, run_build, verify_build
+from .classes import BUILTIN_SETS
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="build-imagenet52p")
+@click.option("--root", required=True, type=click.Path(), help="The ImageNet copy (any layout, see --layout).")
+@click.option("--out", required=True, type=click.Path(), help="Output directory for shards and manifest.")
+@click.option("--classes", default="imagenet52p", help=f"{' | '.join(BUILTIN_SETS)} | PATH of a wnid list")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", help="Input layout (auto = detect).")
+@click.option("--val-per-class", type=int, default=50, help="Train images per class held out as the val split.")
+@click.option("--seed", type=int, default=0, help="Seed of the held-out choice and the shard order.")
+@click.option("--shard-size", type=int, default=1000, help="Samples per train shard.")
+@click.option("--eval-shard-size", type=int, default=250, help="Samples per val/test shard.")
+@click.option("--resize", type=int, default=None, help="Cap the shorter side at N pixels (re-encoded).")
+@click.option("--quality", type=int, default=90, help="JPEG quality of re-encoded images.")
+@click.option("--decode-check", is_flag=True, help="Fully decode every kept JPEG (slower, stricter check).")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: all cores].")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+              help="Bad images: skip and list them, or stop at the first one.")
+@click.option("--allow-missing", is_flag=True, help="Build even if chosen classes have no train images.")
+@click.option("--overwrite", is_flag=True, help="Replace a different build (or other files) in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True)
+def main(root, out, classes, layout, val_per_class, seed, shard_size, eval_shard_size, resize, quality,
+         decode_check, workers, on_error, allow_missing, overwrite, quiet, verbose) -> None:
+    """Build ImageNet-52P (or any class set) as deterministic webdataset shards.
+
+    Splits: train (ImageNet train minus the held-out part), val (--val-per-class train images per
+    class, seeded), test (ImageNet's official validation images; ImageNet's test labels are not
+    public).  Rerun the same command after a crash to resume.
+    """
+    _setup_logging(verbose)
+    cfg = BuildConfig(root=root, out=out, classes=classes, layout=layout, val_per_class=val_per_class, seed=seed,
+                      shard_size=shard_size, eval_shard_size=eval_shard_size, resize=resize, quality=quality,
+                      decode_check=decode_check, workers=workers, on_error=on_error, allow_missing=allow_missing,
+                      overwrite=overwrite, progress=not quiet)
+    try:
+        result = run_build(cfg)
+    except (BuildError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_summary(result.manifest, result.timings, result.reused))
+    mb = result.source_bytes / 1e6
+    click.echo(f"wall time {result.seconds:.1f}s, {mb:.0f} MB read from new shards' sources; "
+               f"manifest: {cfg.out_path / 'manifest.json'}")
+
+
+@click.command("verify")
+@click.argument("out", type=click.Path())
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes hashing shards.")
+def verify_cmd(out: str, workers: int) -> None:
+    """Re-hash every shard of OUT against its manifest and check sample counts (exit 1 on any mismatch)."""
+    try:
+        problems = verify_build(out, workers=workers)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    manifest = load_manifest(out)
+    n = sum(len(s["shards"]) for s in manifest["splits"].values())
+    if problems:
+        for p in problems:
+            click.echo(f"FAIL {p}", err=True)
+        click.echo(f"{out}: {len(problems)} problem(s) in {n} shards", err=True)
+        sys.exit(1)
+    click.echo(f"{out}: OK, {n} shards match manifest.json")
+
+
+@click.command("info")
+@click.argument("out", type=click.Path())
+def info_cmd(out: str) -> None:
+    """Print the summary of the build in OUT (from its manifest)."""
+    try:
+        manifest = load_manifest(out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_summary(manifest))
+    if manifest["skipped"]:
+        click.echo(f"skipped ({len(manifest['skipped'])}):")
+        for e in manifest["skipped"][:20]:
+            click.echo(f"  [{e['split']}] {e['source']}: {e['reason']}")
+    if manifest["converted"]:
+        click.echo(f"converted ({len(manifest['converted'])}):")
+        for e in manifest["converted"][:20]:
+            click.echo(f"  [{e['split']}] {e['source']}: {e['reason']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
