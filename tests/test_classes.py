@@ -162,3 +162,17 @@ def test_cli_derive_agrees():
     out = subprocess.run([cli("imagenet52p"), "classes", "--derive"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("OK, matches WordNet 3.0") == 3
+
+
+def test_every_info_file_is_declared_package_data():
+    """A file in imagenet52p/_info that pyproject's package-data misses would vanish from the wheel."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["imagenet52p"]
+    files = [p.relative_to(root / "imagenet52p").as_posix() for p in (root / "imagenet52p" / "_info").iterdir()]
+    assert files
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+    assert missing == []
