@@ -26,11 +26,15 @@ install: $(STAMP)
 wordnet: $(STAMP)
 	@VENV=$(VENV) bash scripts/ensure_wordnet.sh
 
+# pytest exits 5 when it collected no test: that is a broken suite, not a pass.
+RUN_PYTEST = rc=0; $(PY) -m pytest -q $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
 test: $(STAMP) wordnet
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@$(call RUN_PYTEST,)
 
 test-heavy: $(STAMP) wordnet
-	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
+	@$(call RUN_PYTEST,-m heavy)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
