@@ -1,0 +1,25 @@
+"""Filter pruning for torchvision CNNs: every importance criterion, physical removal, cost accounting.
+
+Public API (see docs/pruning.md):
+
+- :func:`list_criteria` -- registered criterion names
+- :func:`prunable_layers` -- conv names of a layer protocol (``vgg16``, ``resnet50-16``, ``resnet50-32``, ``all``)
+- :func:`score_filters` / :func:`score_filters_multi` -- one score per output filter (higher = keep)
+- :func:`select_filters` -- scores -> plan ``{conv name: kept filter indices}``
+- :func:`apply_plan` -- physical removal, in place (coupled channels via Torch-Pruning)
+- :func:`save_pruned` / :func:`load_pruned` -- JSON plan + state_dict
+- :func:`count_cost` / :func:`measure_latency` -- params, MACs, latency
+"""
+from .cost import count_cost, measure_latency
+from .layers import PROTOCOLS, prunable_layers, resolve_layers
+from .plan import load_pruned, read_plan, save_pruned
+from .registry import get_criterion, list_criteria, register
+from .score import Scores, score_filters, score_filters_multi
+from .select import select_filters
+from .surgery import apply_plan, coupling_classes, current_plan
+
+__all__ = [
+    "PROTOCOLS", "Scores", "apply_plan", "count_cost", "coupling_classes", "current_plan", "get_criterion",
+    "list_criteria", "load_pruned", "measure_latency", "prunable_layers", "read_plan", "register",
+    "resolve_layers", "save_pruned", "score_filters", "score_filters_multi", "select_filters",
+]

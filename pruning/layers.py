@@ -1,0 +1,190 @@
+"""Which convs to prune (the paper's layer protocols) and where each conv's feature map is observed.
+
+Protocols (:func:`prunable_layers`), each returning conv module names **in the order Algorithm 1 prunes
+them: last to first**:
+
+``vgg16``
+    The 13 convs of VGG-16 (``model.features``), ``features.28`` first.  Works for ``vgg16`` and
+    ``vgg16_bn``; any other number of convs in ``features`` is refused.
+``resnet50-16``
+    The first conv (``conv1``) of each residual block: the 16 bottlenecks of ResNet-50 (and the
+    first conv of each BasicBlock for ResNet-18/34).
+``resnet50-32``
+    The first two convs (``conv1``, ``conv2``) of each bottleneck.  Refused for BasicBlock networks,
+    whose ``conv2`` is coupled to the residual stream.
+``all``
+    Every prunable conv: the convs are partitioned into *coupled groups* (:mod:`pruning.surgery`:
+    residual adds, depthwise convs, squeeze-excitation products tie output filters together) and each
+    group is represented by its **first conv in module order**; pruning the representative prunes the
+    whole group with the same indices, and its scores are the representative's own.
+
+The *observation site* of a conv (:func:`resolve_layers`) is the feature map its filters produce after its
+BatchNorm and activation when they follow it, found by ``torch.fx`` tracing: conv -> (BatchNorm2d, if the
+conv's only user) -> (activation, if the BN's/conv's only user).  The hook is placed on the activation
+module when that module is called exactly once in the network; a shared module (ResNet's single
+``relu`` used three times per block) is not hooked: the hook sits on the BN and applies the activation's
+functional form (never in place).  Without an fx trace, the BN is found by module order and the
+activation is not applied (logged as a warning).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .surgery import coupling_classes
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("vgg16", "resnet50-16", "resnet50-32", "all")
+
+# Activation modules and their functional (out-of-place) forms.
+_ACT_MODULES: Dict[type, Callable[[nn.Module], Callable]] = {
+    nn.ReLU: lambda m: F.relu,
+    nn.ReLU6: lambda m: F.relu6,
+    nn.SiLU: lambda m: F.silu,
+    nn.Hardswish: lambda m: F.hardswish,
+    nn.GELU: lambda m: functools.partial(F.gelu, approximate=m.approximate),
+    nn.LeakyReLU: lambda m: functools.partial(F.leaky_relu, negative_slope=m.negative_slope),
+    nn.Mish: lambda m: F.mish,
+}
+_ACT_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6, F.silu: F.silu,
+                  F.hardswish: F.hardswish, F.gelu: F.gelu, F.mish: F.mish}
+
+
+@dataclasses.dataclass
+class LayerRef:
+    """A target conv and where its output is observed.
+
+    ``hook_module`` is the module whose forward output is (after ``post``, when not None) the feature map
+    ``[N, C_out, H, W]`` the filters produce after BN and activation.  ``bn`` is the BatchNorm2d directly
+    consuming the conv's output, if any.
+    """
+
+    name: str
+    conv: nn.Conv2d
+    bn_name: Optional[str]
+    bn: Optional[nn.BatchNorm2d]
+    hook_name: str
+    hook_module: nn.Module
+    post: Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+    @property
+    def num_filters(self) -> int:
+        return self.conv.out_channels
+
+
+def _sole_user(node: torch.fx.Node) -> Optional[torch.fx.Node]:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _sites_fx(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    calls: Dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    sites = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in names:
+            continue
+        bn_name, last = None, node
+        user = _sole_user(node)
+        if user is not None and user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
+            bn_name, last = user.target, user
+        act_node, post, hook = _sole_user(last), None, last.target
+        if act_node is not None and act_node.op == "call_module" and type(modules[act_node.target]) in _ACT_MODULES:
+            if calls[act_node.target] == 1:
+                hook = act_node.target
+            else:
+                post = _ACT_MODULES[type(modules[act_node.target])](modules[act_node.target])
+        elif act_node is not None and act_node.op == "call_function" and act_node.target in _ACT_FUNCTIONS:
+            post = _ACT_FUNCTIONS[act_node.target]
+        sites[node.target] = (bn_name, hook, post)
+    return sites
+
+
+def _sites_by_order(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
+    items = list(model.named_modules())
+    sites = {}
+    for i, (name, module) in enumerate(items):
+        if name in names:
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            if nxt is not None and isinstance(nxt[1], nn.BatchNorm2d) and nxt[1].num_features == module.out_channels:
+                sites[name] = (nxt[0], nxt[0], None)
+            else:
+                sites[name] = (None, name, None)
+    return sites
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> List[LayerRef]:
+    """:class:`LayerRef` for each conv name (order kept); ``ValueError`` for a name that is not a Conv2d."""
+    modules = dict(model.named_modules())
+    names = list(names)
+    for name in names:
+        if not isinstance(modules.get(name), nn.Conv2d):
+            found = "no such module" if name not in modules else type(modules[name]).__name__
+            raise ValueError(f"{name!r} is not a Conv2d of {type(model).__name__} ({found}); "
+                             "use pruning.prunable_layers(model, protocol) for valid names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate layer names in {names}")
+    try:
+        sites = _sites_fx(model, names)
+    except Exception as exc:  # torch.fx cannot trace data-dependent control flow
+        log.warning("torch.fx could not trace %s (%s); observing conv/BN outputs without the activation",
+                    type(model).__name__, exc)
+        sites = _sites_by_order(model, names)
+    refs = []
+    for name in names:
+        bn_name, hook, post = sites[name]
+        refs.append(LayerRef(name=name, conv=modules[name], bn_name=bn_name,
+                             bn=modules[bn_name] if bn_name else None, hook_name=hook,
+                             hook_module=modules[hook], post=post))
+    return refs
+
+
+def _blocks(model: nn.Module) -> List[tuple]:
+    """(name, module) of residual blocks: modules with Conv2d attributes conv1 and conv2 (torchvision's
+    BasicBlock / Bottleneck, or any block following that convention)."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(getattr(m, "conv1", None), nn.Conv2d) and isinstance(getattr(m, "conv2", None), nn.Conv2d)
+            and n]
+
+
+def prunable_layers(model: nn.Module, protocol: str = "all", example_input: torch.Tensor | None = None) -> List[str]:
+    """Conv names targeted by ``protocol`` (one of :data:`PROTOCOLS`), last to first (see module doc)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    if protocol == "vgg16":
+        features = getattr(model, "features", None)
+        convs = [] if features is None else [f"features.{n}" for n, m in features.named_modules()
+                                             if isinstance(m, nn.Conv2d)]
+        if len(convs) != 13:
+            raise ValueError(f"protocol 'vgg16' needs a VGG-16 (13 convs in model.features); "
+                             f"{type(model).__name__} has {len(convs)}; use protocol 'all'")
+        return convs[::-1]
+    if protocol in ("resnet50-16", "resnet50-32"):
+        blocks = _blocks(model)
+        if not blocks:
+            raise ValueError(f"protocol {protocol!r} needs residual blocks with conv1/conv2 "
+                             f"(torchvision ResNet); {type(model).__name__} has none; use protocol 'all'")
+        names = []
+        for block_name, block in blocks:
+            names.append(f"{block_name}.conv1")
+            if protocol == "resnet50-32":
+                if not isinstance(getattr(block, "conv3", None), nn.Conv2d):
+                    raise ValueError(f"protocol 'resnet50-32' needs bottleneck blocks (conv1-conv3); {block_name!r} "
+                                     "is a BasicBlock whose conv2 is coupled to the residual stream; "
+                                     "use 'resnet50-16' or 'all'")
+                names.append(f"{block_name}.conv2")
+        return names[::-1]
+    reps = [members[0] for members in coupling_classes(model, example_input)]
+    return reps[::-1]
