@@ -20,6 +20,7 @@ re-encoding reason (None when the original bytes are kept).  Definitions:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -42,6 +43,11 @@ def jpeg_complete(data: bytes) -> bool:
     return sos >= 0 and data.rfind(b"\xff\xd9") > sos
 
 
+def _message(exc: Exception) -> str:
+    """``Type: message`` without memory addresses (the manifest must be reproducible)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(exc).__name__}: {exc}")
+
+
 def _open(data: bytes) -> Image.Image:
     if not data:
         raise BadImage("empty file (0 bytes)")
@@ -51,8 +57,10 @@ def _open(data: bytes) -> Image.Image:
             im = Image.open(io.BytesIO(data))
             im.size  # noqa: B018 - header parsed
         return im
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"not a readable image ({type(exc).__name__}: {exc})") from None
+    except UnidentifiedImageError:
+        raise BadImage("not a readable image (unknown or damaged format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"truncated or corrupt image header ({_message(exc)})") from None
 
 
 def _decode(im: Image.Image) -> None:
@@ -61,7 +69,7 @@ def _decode(im: Image.Image) -> None:
             warnings.simplefilter("ignore")
             im.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImage(f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
+        raise BadImage(f"truncated or corrupt image data ({_message(exc)})") from None
 
 
 def conversion_reason(im: Image.Image) -> str | None:

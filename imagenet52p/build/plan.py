@@ -75,8 +75,9 @@ def split_sources(sources: list[Source], wnids: list[str], val_per_class: int, s
     short = [f"{w} ({len(by_class[w])} images)" for w in wnids
              if by_class.get(w) and len(by_class[w]) <= val_per_class]
     if short:
-        raise BuildError(f"--val-per-class {val_per_class} would leave no train images for: {', '.join(short)}; "
-                         f"lower --val-per-class")
+        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+        raise BuildError(f"--val-per-class {val_per_class} would leave no train images for {len(short)} classes: "
+                         f"{', '.join(short[:10])}{more}; lower --val-per-class")
     train, val = [], []
     for w in wnids:
         items = sorted(by_class.get(w, []), key=lambda s: s.rel)
