@@ -1,0 +1,120 @@
+"""``imagenet52p prune``: Algorithm 1 (layer-by-layer prune and fine-tune) into a run directory.
+
+A thin click layer: options become a :class:`pruning.loop.run.RunSpec`, a
+:class:`pruning.loop.LoopConfig` and :class:`pruning.loop.RunOptions`, and
+:func:`pruning.loop.run.run_spec` does the work.  See docs/loop.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import click
+
+# literal copies of pruning.loop's choices, so `imagenet52p --help` does not import torch
+# (tests/test_loop_cli.py checks they match)
+ORDERS = ("last_to_first", "first_to_last", "given")
+SCHEDULES = ("constant", "cosine", "step")
+SELECTIONS = ("best", "last")
+HEAD_MODES = ("full", "restrict", "subset-logits")
+LABEL_SPACES = ("subset", "imagenet1k")
+
+
+def _layers(value: str):
+    if "," in value:
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+def _labels(value: str | None):
+    if value is None:
+        return None
+    return tuple(int(v) for v in value.split(",") if v.strip())
+
+
+@click.command("prune")
+@click.option("--model", required=True, help="torchvision model name (vgg16, resnet50, ...) or tinyvgg")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="state_dict file of the unpruned model (default: random init, seeded)")
+@click.option("--num-classes", type=int, default=None, help="outputs of the model as built (default: from the data)")
+@click.option("--criterion", required=True, help="pruning criterion (see `pruning.list_criteria()`)")
+@click.option("--criterion-options", default=None, help='JSON object of criterion options, e.g. \'{"bins": 20}\'')
+@click.option("--ratio", type=float, required=True, help="fraction of filters removed per layer, e.g. 0.5")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="build directory (build-imagenet52p --out) or folders tree with train/ val/ [test/]")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="run directory")
+@click.option("--layers", default="all", show_default=True,
+              help="protocol (vgg16, resnet50-16, resnet50-32, all) or comma-separated conv names")
+@click.option("--order", type=click.Choice(ORDERS), default="last_to_first", show_default=True)
+@click.option("--one-shot", is_flag=True, help="prune every layer at once, then fine-tune q epochs")
+@click.option("--p", "p", type=float, default=1.0, show_default=True, help="fine-tuning epochs after each layer")
+@click.option("--q", "q", type=float, default=12.0, show_default=True, help="final fine-tuning epochs")
+@click.option("--data-fraction", type=float, default=1.0, show_default=True,
+              help="fraction of the training set used for fine-tuning (paper: 0.1)")
+@click.option("--classes", default=None, help="class set restricting all splits (imagenet52p, random52, FILE)")
+@click.option("--head", type=click.Choice(HEAD_MODES), default="full", show_default=True,
+              help="class-subset setting: full | restrict (cut a 1000-way classifier) | subset-logits")
+@click.option("--label-space", type=click.Choice(LABEL_SPACES), default="subset", show_default=True)
+@click.option("--score-images", type=int, default=None, help="images for scoring each layer (default: all)")
+@click.option("--score-labels", default=None, help="comma-separated labels scoring is restricted to")
+@click.option("--round-to", type=int, default=1, show_default=True)
+@click.option("--min-keep", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="images per optimizer step (all ranks)")
+@click.option("--accum-steps", type=int, default=1, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="LR of the per-layer fine-tuning")
+@click.option("--final-lr", type=float, default=None, help="LR of the final fine-tune (default: --lr)")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--step-epochs", type=float, default=4.0, show_default=True)
+@click.option("--gamma", type=float, default=0.1, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--select", type=click.Choice(SELECTIONS), default="best", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--resize", type=int, default=None, help="eval resize (default: image-size * 256/224)")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+@click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True)
+@click.option("--no-amp", is_flag=True, help="no bf16 autocast on CUDA")
+@click.option("--deterministic", is_flag=True, help="deterministic algorithms (slower on CUDA)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run (a complete one is left as is)")
+@click.option("--no-progress", is_flag=True)
+@click.option("-v", "--verbose", count=True)
+def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, data_dir, out_dir, layers, order,
+              one_shot, p, q, data_fraction, classes, head, label_space, score_images, score_labels, round_to,
+              min_keep, batch_size, accum_steps, lr, final_lr, schedule, step_epochs, gamma, momentum,
+              weight_decay, select, seed, image_size, resize, device, workers, no_amp, deterministic, resume,
+              no_progress, verbose):
+    """Prune MODEL layer by layer with CRITERION and fine-tune (the paper's Algorithm 1).
+
+    Writes OUT/config.json, events.jsonl, checkpoints/, model/ (plan.json + state_dict.pt)
+    and, last, summary.json (damage, recovery, per-epoch recovery curve, data used, test).
+    """
+    from pruning.loop import LoopConfig, RunOptions
+    from pruning.loop.run import RunSpec, run_spec
+
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        opts = None if criterion_options is None else json.loads(criterion_options)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--criterion-options") from None
+    try:
+        cfg = LoopConfig(criterion=criterion, ratio=ratio, criterion_options=opts, layers=_layers(layers),
+                         order=order, one_shot=one_shot, round_to=round_to, min_keep=min_keep,
+                         score_images=score_images, score_classes=_labels(score_labels), p=p, q=q,
+                         data_fraction=data_fraction, lr=lr, final_lr=final_lr, schedule=schedule,
+                         step_epochs=step_epochs, gamma=gamma, momentum=momentum, weight_decay=weight_decay,
+                         batch_size=batch_size, accum_steps=accum_steps, select=select, seed=seed)
+        spec = RunSpec(model=model, data=data_dir, weights=weights, num_classes=num_classes, head=head,
+                       label_space=label_space, classes=classes, image_size=image_size, resize=resize)
+        options = RunOptions(device=device, amp=not no_amp, deterministic=deterministic, num_workers=workers,
+                             progress=not no_progress)
+        summary = run_spec(spec, cfg, out_dir, options, resume=resume)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip('"')) from None
+    test = summary.get("test") or {}
+    final = summary["final"]["val"]
+    click.echo(f"{out_dir}: val top-1 {final['top1']:.4f}"
+               + (f", test top-1 {test['top1']:.4f} top-5 {test['top5']:.4f}" if test else "")
+               + f", MACs x{summary['cost']['macs_ratio']:.3f}, params x{summary['cost']['params_ratio']:.3f}")

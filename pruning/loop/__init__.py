@@ -1,0 +1,19 @@
+"""Algorithm 1 (layer-by-layer prune and fine-tune) as a measured, resumable engine.
+
+Public API::
+
+    from pruning.loop import prune_finetune, run_loop, LoopConfig, RunOptions
+    summary = prune_finetune(model, "l1", 0.5, "vgg16", train_ds, val_ds, test_ds, p=1, q=12,
+                             out_dir="runs/vgg16-l1-50", resume=True)
+
+See :mod:`pruning.loop.engine` for what is measured and :mod:`pruning.loop.config`
+for every option.
+"""
+
+from .config import LoopConfig, RunOptions, run_hash
+from .engine import Stopped, prune_finetune, run_loop
+from .evaluate import evaluate
+from .models import list_models, make_model, restrict_classifier
+
+__all__ = ["LoopConfig", "RunOptions", "Stopped", "evaluate", "list_models", "make_model", "prune_finetune",
+           "restrict_classifier", "run_hash", "run_loop"]

@@ -1,0 +1,219 @@
+"""The resolved configuration of one Algorithm 1 run, and its stable hash.
+
+:class:`LoopConfig` is a frozen dataclass holding every option that changes the
+numbers a run produces.  Its :meth:`LoopConfig.hash` is the first 16 hex digits
+of the SHA-256 of the canonical JSON of :meth:`LoopConfig.to_dict` (sorted keys,
+no whitespace), so two runs with the same hash are the same experiment.  Fields
+that only change *how* a run is executed (device, number of loader workers,
+progress bars) are deliberately not part of it: they live in :class:`RunOptions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+ORDERS = ("last_to_first", "first_to_last", "given")
+SCHEDULES = ("constant", "cosine", "step")
+SELECTIONS = ("best", "last")
+
+CONFIG_VERSION = 1
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _classes(name: str, value) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(c) for c in value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of integer labels or None, got {value!r}") from None
+    if not out:
+        raise ValueError(f"{name} is empty; pass None to use every class")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has duplicate labels: {sorted(out)}")
+    if min(out) < 0:
+        raise ValueError(f"{name} has a negative label: {min(out)}")
+    return out
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything that determines the numbers of one prune-and-fine-tune run.
+
+    Pruning
+      ``criterion``: a name from ``pruning.list_criteria()``; ``criterion_options``:
+      its options (e.g. ``{"bins": 20}`` for entropy), passed to ``score_filters``.
+      ``ratio``: fraction of filters removed from each target layer (the paper's
+      m%: 0.25, 0.5, 0.75).  ``0`` runs no layer step (the unpruned baseline,
+      fine-tuned and tested like the others).
+      ``layers``: a protocol name for ``pruning.prunable_layers`` (``"vgg16"``,
+      ``"resnet50-16"``, ``"all"``...) or an explicit tuple of conv module names.
+      ``order``: ``last_to_first`` (Algorithm 1), ``first_to_last``, or ``given``
+      (the order of ``layers`` as passed).
+      ``one_shot``: score every target layer on the unpruned network, remove all
+      of them at once, then run only the final fine-tune (no per-layer ``p``).
+      ``round_to`` / ``min_keep``: passed to ``pruning.select_filters``.
+      ``score_images``: image budget for scoring each layer (None = one full pass
+      over the scoring data); ``score_classes``: labels the scoring images are
+      restricted to (None = same as ``classes``).
+
+    Fine-tuning (Algorithm 1's ``p`` and ``q``)
+      ``p``: epochs of fine-tuning after each layer step; ``q``: epochs of the
+      final fine-tune.  Fractions are allowed: an epoch is the number of
+      training images after ``classes`` and ``data_fraction`` are applied, and
+      ``p=0.1`` trains on ``round(0.1 * that)`` images.
+      ``data_fraction``: fraction of the training set used for fine-tuning (the
+      paper's 1/10); on a map-style dataset a fixed seeded random subset, the
+      same in every epoch.
+      ``classes``: labels (in the data's label space) that fine-tuning, val and
+      test are restricted to (class-specific pruning; None = all).
+      ``lr`` (layer steps, constant), ``final_lr`` (final fine-tune, following
+      ``schedule``), ``momentum``, ``weight_decay``, ``nesterov``;
+      ``schedule``: ``constant``, ``cosine`` (to 0 over the final fine-tune) or
+      ``step`` (multiply by ``gamma`` every ``step_epochs`` epochs).
+      ``batch_size`` (per optimizer step, summed over ranks and accumulation
+      micro-batches) and ``accum_steps``.
+      ``select``: which final-fine-tune epoch is kept: ``best`` val top-1 (ties:
+      lower val loss, then the earlier epoch) or ``last``.  Test is evaluated once, on the selected model.
+      ``seed``: seeds shuffling, random criteria and initialisation of any RNG.
+    """
+
+    criterion: str
+    ratio: float
+    criterion_options: dict | None = None
+    layers: str | tuple[str, ...] = "all"
+    order: str = "last_to_first"
+    one_shot: bool = False
+    round_to: int = 1
+    min_keep: int = 1
+    score_images: int | None = None
+    score_classes: tuple[int, ...] | None = None
+    p: float = 1.0
+    q: float = 12.0
+    data_fraction: float = 1.0
+    classes: tuple[int, ...] | None = None
+    lr: float = 1e-3
+    final_lr: float | None = None
+    schedule: str = "cosine"
+    step_epochs: float = 4.0
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    batch_size: int = 64
+    accum_steps: int = 1
+    select: str = "best"
+    seed: int = 0
+    version: int = field(default=CONFIG_VERSION)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.criterion, str) or not self.criterion:
+            raise ValueError(f"criterion must be a non-empty name, got {self.criterion!r}")
+        if self.criterion_options is not None and not isinstance(self.criterion_options, dict):
+            raise ValueError(f"criterion_options must be a dict or None, got {self.criterion_options!r}")
+        if not 0.0 <= float(self.ratio) < 1.0:
+            raise ValueError(f"ratio={self.ratio} must be in [0, 1) (fraction of filters removed per layer)")
+        layers = self.layers
+        if not isinstance(layers, str):
+            layers = tuple(str(x) for x in layers)
+            if not layers:
+                raise ValueError("layers is empty; give a protocol name or at least one module name")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"layers has duplicates: {list(layers)}")
+            object.__setattr__(self, "layers", layers)
+        _choice("order", self.order, ORDERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("select", self.select, SELECTIONS)
+        for name in ("p", "q"):
+            v = getattr(self, name)
+            if not (v >= 0):
+                raise ValueError(f"{name}={v} must be >= 0 epochs")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"data_fraction={self.data_fraction} must be in (0, 1]")
+        for name in ("batch_size", "accum_steps", "round_to", "min_keep"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}")
+        if self.score_images is not None and self.score_images < 1:
+            raise ValueError(f"score_images={self.score_images} must be >= 1 or None (a full pass)")
+        if self.lr <= 0 or (self.final_lr is not None and self.final_lr <= 0):
+            raise ValueError(f"lr={self.lr} and final_lr={self.final_lr} must be > 0")
+        if self.step_epochs <= 0 or not 0 < self.gamma <= 1:
+            raise ValueError(f"step_epochs={self.step_epochs} must be > 0 and gamma={self.gamma} in (0, 1]")
+        object.__setattr__(self, "classes", _classes("classes", self.classes))
+        object.__setattr__(self, "score_classes", _classes("score_classes", self.score_classes))
+        object.__setattr__(self, "ratio", float(self.ratio))
+        object.__setattr__(self, "p", float(self.p))
+        object.__setattr__(self, "q", float(self.q))
+        object.__setattr__(self, "data_fraction", float(self.data_fraction))
+
+    @property
+    def effective_final_lr(self) -> float:
+        return self.lr if self.final_lr is None else self.final_lr
+
+    @property
+    def effective_score_classes(self) -> tuple[int, ...] | None:
+        return self.classes if self.score_classes is None else self.score_classes
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LoopConfig field(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        for k in ("layers", "classes", "score_classes"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed; none of these change its numbers on CPU.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or None (CUDA when available).
+    ``amp``: bf16 autocast on CUDA (ignored on CPU).  ``channels_last``: NHWC
+    memory format on CUDA.  ``deterministic``: ``torch.use_deterministic_algorithms``
+    and no cudnn.benchmark (on CPU the run is deterministic either way).
+    ``num_workers``: DataLoader workers for map-style datasets.
+    ``progress``: tqdm bars.  ``keep_step_checkpoints``: also keep one
+    checkpoint per layer step (``checkpoints/step_XX.pt``) besides ``last.pt``.
+    ``stop_after``: stop (as if killed) after this many checkpoints; for tests.
+    """
+
+    device: str | None = None
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool = False
+    num_workers: int = 0
+    progress: bool = True
+    keep_step_checkpoints: bool = False
+    stop_after: int | None = None
+
+
+def run_hash(config: LoopConfig, meta: dict | None = None) -> str:
+    """Identity of a run: SHA-256 (16 hex digits) of the canonical JSON of the loop
+    config plus the caller's ``meta`` (model name, data, class set...: anything
+    JSON-serialisable that defines the experiment but is not a loop option)."""
+    blob = json.dumps({"loop": config.to_dict(), "meta": meta or {}}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

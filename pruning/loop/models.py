@@ -1,0 +1,148 @@
+"""Model factory for the prune-and-fine-tune loop.
+
+``make_model(name, num_classes)`` returns a torchvision model by name (random
+initialisation, or a ``state_dict`` file for pretrained weights: this package
+downloads nothing), or ``tinyvgg``: a small VGG-shaped CNN (``features`` of
+conv-BN-ReLU blocks with max-pools, then ``classifier``) that trains in seconds
+on CPU and is pruned exactly like VGG-16 (its convs are named ``features.<i>``).
+
+``restrict_classifier(model, indices)`` turns a classifier over N classes into
+one over ``len(indices)`` classes by keeping only those rows of the final
+linear layer (weights and bias), so an ImageNet-1k model becomes an
+ImageNet-52P model that starts from its pretrained class scores: the restricted
+model's logit ``j`` equals the original model's logit ``indices[j]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator registering a model constructor ``fn(num_classes) -> nn.Module``; refuses duplicates."""
+
+    def deco(fn):
+        if name in _FACTORIES:
+            raise ValueError(f"model {name!r} is already registered")
+        _FACTORIES[name] = fn
+        return fn
+
+    return deco
+
+
+class TinyVGG(nn.Module):
+    """A small VGG: ``widths`` conv3x3-BN-ReLU blocks, a 2x2 max-pool after each
+    block listed in ``pool_after``, global average pooling, then a two-layer
+    classifier.  Default: 4 convs (16, 32, 32, 64 filters), ~40k parameters."""
+
+    def __init__(self, num_classes: int = 10, widths=(16, 32, 32, 64), pool_after=(0, 1, 2), dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2))
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * 4, 64), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+@register_model("tinyvgg")
+def _tinyvgg(num_classes: int) -> nn.Module:
+    return TinyVGG(num_classes)
+
+
+def list_models() -> list[str]:
+    """Our own registered names plus every torchvision classification model name."""
+    return sorted(set(_FACTORIES) | set(torchvision.models.list_models(module=torchvision.models)))
+
+
+def make_model(name: str, num_classes: int = 1000, weights: str | Path | None = None, seed: int | None = None) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs.
+
+    ``weights``: a ``state_dict`` file (``torch.load(weights_only=True)``) for
+    the model *as built* (so a 1000-class checkpoint needs ``num_classes=1000``;
+    restrict it afterwards with :func:`restrict_classifier`).  ``seed``: seeds
+    the random initialisation (same seed -> identical weights).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    if name in _FACTORIES:
+        model = _FACTORIES[name](num_classes)
+    else:
+        available = torchvision.models.list_models(module=torchvision.models)
+        if name not in available:
+            raise ValueError(f"no model {name!r}; available: {', '.join(list_models())}")
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} not found; give a state_dict saved with torch.save")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        model.load_state_dict(state)
+        log.info("loaded weights for %s from %s", name, path)
+    return model
+
+
+def find_classifier(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The final ``nn.Linear`` of ``model`` (the last one in module order): ``(name, module)``."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (name, mod)
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to restrict")
+    return last
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def restrict_classifier(model: nn.Module, indices) -> nn.Module:
+    """Keep only rows ``indices`` of the final linear layer (in place; returns ``model``).
+
+    After this, label ``j`` of the restricted model means class ``indices[j]`` of
+    the original one, so data must use the subset's own label space (0..k-1 in
+    the order of ``indices``).
+    """
+    idx = [int(i) for i in indices]
+    name, fc = find_classifier(model)
+    if not idx:
+        raise ValueError("restrict_classifier: indices is empty")
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"restrict_classifier: duplicate indices {idx}")
+    bad = [i for i in idx if not 0 <= i < fc.out_features]
+    if bad:
+        raise ValueError(f"restrict_classifier: indices {bad[:5]} outside 0..{fc.out_features - 1} of {name}")
+    new = nn.Linear(fc.in_features, len(idx), bias=fc.bias is not None,
+                    device=fc.weight.device, dtype=fc.weight.dtype)
+    with torch.no_grad():
+        sel = torch.tensor(idx, device=fc.weight.device)
+        new.weight.copy_(fc.weight.index_select(0, sel))
+        if fc.bias is not None:
+            new.bias.copy_(fc.bias.index_select(0, sel))
+    _set_module(model, name, new)
+    log.info("restricted classifier %s from %d to %d classes", name, fc.out_features, len(idx))
+    return model
