@@ -108,8 +108,9 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
             (out / split).mkdir(exist_ok=True)
             for tmp in (out / split).glob("*.tmp"):
                 tmp.unlink()
-    except PermissionError as exc:
-        raise BuildError(f"cannot write to --out {out}: permission denied ({exc.filename})") from None
+    except OSError as exc:
+        raise BuildError(f"cannot write to --out {out}: {exc.strerror or exc} ({exc.filename}); "
+                         f"choose a writable directory") from None
     records = {}
     for p in sorted((out / STATE / "shards").glob("*.json")):
         try:
