@@ -40,3 +40,19 @@ def synthetic_splits(num_classes: int = 10, per_class: int = 40, val_per_class: 
     return (synthetic_dataset(num_classes, per_class, "train", size, seed, noise),
             synthetic_dataset(num_classes, val_per_class, "val", size, seed, noise),
             synthetic_dataset(num_classes, test_per_class, "test", size, seed, noise))
+
+
+def pretrain(model, train: TensorDataset, epochs: int = 4, lr: float = 0.05, batch_size: int = 32, seed: int = 0):
+    """Train ``model`` on ``train`` (SGD momentum 0.9, cosine LR) on CPU: the "pretrained"
+    network that tests and demos then prune.  Deterministic for a given seed."""
+    from .data import DataStream
+    from .train import Runtime, lr_at, make_optimizer, train_chunk
+
+    torch.manual_seed(seed)
+    rt = Runtime.create("cpu")
+    stream = DataStream(train, batch_size, seed=seed, name="pretrain")
+    opt = make_optimizer(model, lr, 0.9, 5e-4)
+    n = stream.pass_images
+    for e in range(epochs):
+        train_chunk(model, stream, e, n, opt, rt, lr_fn=lambda t, e=e: lr_at(e * n + t, epochs * n, lr, "cosine", n))
+    return model.eval()
