@@ -5,8 +5,9 @@ re-encoding reason (None when the original bytes are kept).  Definitions:
 
 * kept as is: a JPEG whose PIL mode is ``RGB``, not progressive, whose last start-of-scan marker
   (``FF DA``) is followed by an end-of-image marker (``FF D9``), and (with ``--resize N``) whose
-  shorter side is at most N.  Checking costs a header parse and one backwards byte search, not a
-  decode; a file that fails the marker test is fully decoded, and skipped if that fails.
+  shorter side is at most N.  Checking costs a walk over the header segments
+  (:func:`baseline_rgb_jpeg_header`, PIL only when that is unsure) and one backwards byte search,
+  not a decode; a file that fails the marker test is fully decoded, and skipped if that fails.
   ``decode_check=True`` decodes every kept file.
 * converted (re-encoded as baseline RGB JPEG at ``quality``, reason recorded): other modes
   (CMYK, grayscale ``L``, ...), progressive JPEGs, non-JPEG data (PNG, GIF, ... whatever the
@@ -41,6 +42,50 @@ def jpeg_complete(data: bytes) -> bool:
     """
     sos = data.rfind(b"\xff\xda")
     return sos >= 0 and data.rfind(b"\xff\xd9") > sos
+
+
+_SOF_BASELINE = (0xC0, 0xC1)  # baseline / extended sequential, Huffman coded
+_STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length field
+
+
+def baseline_rgb_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, offset of the start-of-scan marker) when ``data`` starts like a baseline,
+    8-bit, 3-component JPEG, else None.
+
+    Walks the marker segments from SOI to the first SOS by their length fields (no decoding; an
+    EXIF thumbnail inside APP1 is skipped whole); any surprise returns None and the caller falls
+    back to PIL.  3 components is what PIL opens as mode ``RGB`` (YCbCr or, with an Adobe
+    marker, RGB).  A baseline JPEG has one scan, so it is complete iff an end-of-image marker
+    follows this SOS.
+    """
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    i, n, size = 2, len(data), None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker == 0xDA:
+            return (*size, i) if size else None
+        length = (data[i + 2] << 8) | data[i + 3]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if size or marker not in _SOF_BASELINE or i + 10 > n or length < 8:
+                return None
+            precision, h, w, comps = data[i + 4], (data[i + 5] << 8) | data[i + 6], \
+                (data[i + 7] << 8) | data[i + 8], data[i + 9]
+            if precision != 8 or comps != 3 or not w or not h:
+                return None
+            size = (w, h)
+        elif length < 2:
+            return None
+        i += 2 + length
+    return None
 
 
 def _message(exc: Exception) -> str:
@@ -107,6 +152,10 @@ def encode_jpeg(im: Image.Image, quality: int) -> bytes:
 def prepare_image(data: bytes, resize: int | None = None, quality: int = 90,
                   decode_check: bool = False) -> tuple[bytes, int, int, str | None]:
     """(bytes to store, width, height, re-encoding reason or None); raises :class:`BadImage`."""
+    if not decode_check:
+        head = baseline_rgb_jpeg_header(data)
+        if head is not None and (resize is None or min(head[:2]) <= resize) and data.rfind(b"\xff\xd9", head[2]) > 0:
+            return data, head[0], head[1], None  # the common case: no PIL, no decode
     im = _open(data)
     w, h = im.size
     reason = conversion_reason(im)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +34,46 @@ RECORD = tarfile.RECORDSIZE  # 20 blocks
 THROTTLE_ENV = "IMAGENET52P_BUILD_THROTTLE"
 
 
-def tar_member(name: str, data: bytes) -> bytes:
-    """Header + data + padding of one regular-file member with fixed metadata."""
+def _tarfile_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
+    info.size, info.mtime, info.mode = size, 0, 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     info.type = tarfile.REGTYPE
-    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    pad = (-len(data)) % BLOCK
-    return header + data + b"\0" * pad
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+_HEADER = bytearray(BLOCK)
+_HEADER[100:108] = b"0000644\0"  # mode
+_HEADER[108:116] = b"0000000\0"  # uid
+_HEADER[116:124] = b"0000000\0"  # gid
+_HEADER[136:148] = b"00000000000\0"  # mtime
+_HEADER[156:157] = b"0"  # regular file
+_HEADER[257:265] = b"ustar\x0000"
+_HEADER_SUM = sum(_HEADER) + 8 * ord(" ")  # checksum field counted as spaces; name and size added per member
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte header ``tarfile`` writes for this member (PAX format, fixed metadata), built
+    directly for short ASCII names (about 20x faster); other names go through ``tarfile``."""
+    raw = name.encode("ascii", "replace")
+    if len(raw) >= 100 or not name.isascii() or size >= 8 ** 11:
+        return _tarfile_header(name, size)
+    h = bytearray(_HEADER)
+    h[0:len(raw)] = raw
+    size_field = b"%011o\0" % size
+    h[124:136] = size_field
+    h[148:156] = b"%06o\0 " % (_HEADER_SUM + sum(raw) + sum(size_field))
+    return bytes(h)
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * ((-n) % BLOCK)
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """Header + data + padding of one regular-file member with fixed metadata."""
+    return tar_header(name, len(data)) + data + _pad(len(data))
 
 
 def tar_end(offset: int) -> bytes:
@@ -79,6 +109,44 @@ def sample_json(wnid: str, in1k: int, voc: str | None, source: str, w: int, h: i
                        "width": w, "height": h, "reencoded": reason}, ensure_ascii=False).encode()
 
 
+class _Sink:
+    """Writes and hashes byte strings in a background thread, so that reading and checking the next
+    images overlaps writing and hashing this one (file writes and sha256 release the GIL)."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.bytes, self.error = f, hashlib.sha256(), 0, None
+        self.q: queue.Queue = queue.Queue(maxsize=16)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (parts := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    for part in parts:
+                        self.f.write(part)
+                        self.digest.update(part)
+                except BaseException as exc:  # reported by put()/close() in the calling thread
+                    self.error = exc
+
+    def put(self, parts: list[bytes]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(parts)
+        self.bytes += sum(len(p) for p in parts)
+
+    def close_quietly(self) -> None:
+        self.error = self.error or RuntimeError("aborted")
+        self.q.put(None)
+        self.thread.join()
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def write_shard(task: ShardTask) -> dict:
     """Write ``task``'s shard atomically; return its record.  Raises BuildError on a write failure,
     or on the first bad image with ``on_error="fail"``."""
@@ -86,11 +154,13 @@ def write_shard(task: ShardTask) -> dict:
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     final = Path(task.out) / task.rel
     tmp = final.with_name(final.name + ".tmp")
-    digest, offset, source_bytes = hashlib.sha256(), 0, 0
+    source_bytes = 0
     per_class: dict[str, int] = {}
     skipped, converted = [], []
+    sink = None
     try:
         with open(tmp, "wb") as f:
+            sink = _Sink(f)
             for key, label, src, in1k, voc in task.samples:
                 try:
                     raw = read_source(src)
@@ -105,30 +175,31 @@ def write_shard(task: ShardTask) -> dict:
                 source_bytes += len(raw)
                 if reason is not None and reason != "resize":
                     converted.append({"source": src.rel, "split": task.split, "reason": reason})
-                chunk = (tar_member(f"{key}.jpg", jpg) + tar_member(f"{key}.cls", str(label).encode())
-                         + tar_member(f"{key}.json", sample_json(src.wnid, in1k, voc, src.rel, w, h, reason)))
-                f.write(chunk)
-                digest.update(chunk)
-                offset += len(chunk)
+                cls = str(label).encode()
+                meta = sample_json(src.wnid, in1k, voc, src.rel, w, h, reason)
+                sink.put([tar_header(f"{key}.jpg", len(jpg)), jpg, _pad(len(jpg)),
+                          tar_header(f"{key}.cls", len(cls)) + cls + _pad(len(cls))
+                          + tar_header(f"{key}.json", len(meta)) + meta + _pad(len(meta))])
                 per_class[src.wnid] = per_class.get(src.wnid, 0) + 1
                 if throttle:
                     time.sleep(throttle)
-            end = tar_end(offset)
-            f.write(end)
-            digest.update(end)
-            offset += len(end)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+            sink.put([tar_end(sink.bytes)])
+            sink.close()
+        os.replace(tmp, final)  # no fsync: a kill leaves the page cache intact, and a shard damaged by
+        # a power loss fails its checksum on resume or in `imagenet52p verify`, and is rebuilt
     except OSError as exc:
+        if sink is not None and sink.thread.is_alive():
+            sink.close_quietly()
         tmp.unlink(missing_ok=True)
         raise BuildError(f"cannot write shard {final}: {exc.strerror or exc} "
                          f"(check that the output directory is writable and has free space)") from None
     except BaseException:
+        if sink is not None and sink.thread.is_alive():
+            sink.close_quietly()
         tmp.unlink(missing_ok=True)
         raise
     return {"split": task.split, "index": task.index, "path": task.rel, "num_samples": sum(per_class.values()),
-            "bytes": offset, "sha256": digest.hexdigest(), "plan_sha256": task.plan_sha256,
+            "bytes": sink.bytes, "sha256": sink.digest.hexdigest(), "plan_sha256": task.plan_sha256,
             "per_class": dict(sorted(per_class.items())), "skipped": skipped, "converted": converted,
             "source_bytes": source_bytes, "seconds": time.perf_counter() - t0}
 
