@@ -70,8 +70,31 @@ def _peek(img) -> tuple[int, int]:
     if isinstance(img, Image.Image):
         return img.size
     if isinstance(img, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(img)).size
+        return jpeg_size(img) or Image.open(io.BytesIO(img)).size
     raise TypeError(f"expected JPEG bytes, a PIL image or a uint8 tensor [3, H, W], got {type(img).__name__}")
+
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame marker (None when not found: use PIL)."""
+    if bytes(data[:2]) != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
 
 
 def draft_factor(crop_w: float, crop_h: float, need_w: float, need_h: float, allowed: bool = True) -> int:

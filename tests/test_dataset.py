@@ -190,3 +190,32 @@ def test_lazy_import_keeps_package_light():
     code = "import sys, imagenet52p; print('torch' in sys.modules); imagenet52p.ImageNet52P; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("fmt", ["ustar", "gnu", "pax"])
+def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
+    """The fast shard reader sees the same members as tarfile, including long (>100 char) names."""
+    import io
+    import tarfile
+
+    from imagenet52p.dataset import iter_tar, read_tar_samples
+    fmt_id = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}[fmt]
+    path = tmp_path / "x.tar"
+    names = []
+    with tarfile.open(path, "w", format=fmt_id) as tf:
+        for i in range(4):
+            key = ("d" * 120 + "/" if fmt == "ustar" else "k" * (60 + 40 * i)) + f"s{i}"
+            for ext, data in (("jpg", bytes([i]) * (700 + i)), ("cls", str(i).encode()), ("json", b"{}")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+                names.append(info.name)
+    assert [n for n, *_ in iter_tar(path)] == names
+    samples = list(read_tar_samples(path, 1, 3))
+    assert [int(p["cls"]) for _, p in samples] == [1, 2]
+    assert samples[0][1]["jpg"] == bytes([1]) * 701 and samples[0][0].endswith("s1")
+    data = bytearray(path.read_bytes())
+    data[148] ^= 1  # damage the first header's checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(iter_tar(path))
