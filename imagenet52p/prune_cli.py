@@ -20,12 +20,14 @@ SCHEDULES = ("constant", "cosine", "step")
 SELECTIONS = ("best", "last")
 HEAD_MODES = ("full", "restrict", "subset-logits")
 LABEL_SPACES = ("subset", "imagenet1k")
+PROTOCOLS = ("vgg16", "resnet50-16", "resnet50-32", "all")  # pruning.layers.PROTOCOLS
 
 
 def _layers(value: str):
-    if "," in value:
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return value
+    """A protocol name, or comma-separated conv names (one name is a list of one)."""
+    if value in PROTOCOLS:
+        return value
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def _labels(value: str | None):

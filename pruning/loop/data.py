@@ -6,7 +6,8 @@
   label)``): the stream owns shuffling (a ``torch.Generator`` seeded by
   ``(seed, pass_index)``), the class restriction and ``data_fraction`` (a fixed
   seeded random subset, the same in every pass), and splits each pass across
-  DDP ranks.  Resuming is exact because a pass is a pure function of its index;
+  DDP ranks (training streams: equal shares, the ``< world`` leftover images of
+  a pass are not used; evaluation streams: every image exactly once).  Resuming is exact because a pass is a pure function of its index;
 * or an **iterable of ``(images, labels)`` batches** (a ``DataLoader``, a
   webdataset pipeline, a list of tensors).  Before a pass the stream calls
   ``set_epoch(pass_index)`` on the iterable, its ``.dataset`` or its
@@ -87,11 +88,13 @@ class DataStream:
     ``shuffle``: reshuffle each pass (map-style).  ``pass_images``: images in one
     full pass of an iterable after ``classes`` (before ``fraction``), summed over
     ranks, for iterables that cannot tell (else one counting pass is made).
+    ``split_ranks=False``: a map-style stream gives every rank the whole pass
+    (used for scoring, which runs on rank 0 only).
     """
 
     def __init__(self, data, batch_size: int = 64, classes=None, fraction: float = 1.0, seed: int = 0,
                  shuffle: bool = True, num_workers: int = 0, pin_memory: bool = False,
-                 pass_images: int | None = None, name: str = "data"):
+                 pass_images: int | None = None, name: str = "data", split_ranks: bool = True):
         if data is None:
             raise ValueError(f"{name}: no data given")
         self.data, self.name = data, name
@@ -99,7 +102,7 @@ class DataStream:
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.classes = None if classes is None else tuple(int(c) for c in classes)
         self.fraction = float(fraction)
-        self.rank, self.world = dist_info()
+        self.rank, self.world = dist_info() if split_ranks else (0, 1)
         self.map_style = is_map_style(data)
         self._keyed = False
         if self.map_style:
@@ -214,12 +217,12 @@ class DataStream:
             idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
         if budget is not None:
             idx = idx[:budget]
-        if self.world > 1:
-            per = len(idx) // self.world
+        if self.world > 1 and not self.shuffle:
+            idx = idx[self.rank::self.world]  # evaluation: every image exactly once, shares differ by <= 1
+        elif self.world > 1:
+            per = len(idx) // self.world  # training: equal shares (the last < world images of the pass wait)
             if per == 0:
                 raise ValueError(f"{self.name}: {len(idx)} images cannot be split over {self.world} ranks")
-            if per * self.world != len(idx):
-                log.debug("%s: dropping %d images so ranks get equal shares", self.name, len(idx) - per * self.world)
             idx = idx[self.rank:per * self.world:self.world]
         loader = DataLoader(Subset(self.data, idx), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,

@@ -102,7 +102,7 @@ class Loop:
                      DataStream(test_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="test", **kw))
         self.score = DataStream(train_data if score_data is None else score_data, micro,
                                 config.effective_score_classes, 1.0, config.seed + 1, shuffle=True,
-                                name="score", **kw)
+                                name="score", split_ranks=False, **kw)
         self.model = model
         self.n_checkpoints = 0
         # bookkeeping that goes into checkpoints (JSON-able)
@@ -187,6 +187,8 @@ class Loop:
             if not resume:
                 raise ValueError(f"{self.out} already holds this run; pass resume=True (--resume) to continue "
                                  f"it, or use a new directory")
+        if self.world > 1:
+            torch.distributed.barrier()  # every rank has checked the directory before rank 0 writes
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             _write_json(existing, cfg_json)
@@ -226,7 +228,10 @@ class Loop:
         return evaluate(self.model, self.val, self.runtime, self.logit_subset)
 
     def _baseline(self) -> None:
-        x, _ = next(iter(self.val.batches(0, budget=1)))
+        for x, _ in self.val.batches(0):  # the first batch tells the input size
+            break
+        else:
+            raise ValueError("val data yielded no images on this rank")
         self.rec["input_size"] = list(x.shape[1:])
         names = S.target_layers(self.model, self.cfg)
         self.rec["layers"] = names

@@ -143,9 +143,14 @@ def run_step(loop, i: int, names: list[str], p: float) -> None:
         modules = dict(loop.model.named_modules())
         filters_before = {n: modules[n].out_channels for n in names}
         t = time.perf_counter()
-        scores, used = score(loop, names, i)
+        if loop.main:
+            scores, used = score(loop, names, i)
+            plan = _select(loop, scores)
+        if loop.world > 1:  # rank 0 decides; every rank applies the same plan
+            box = [plan, used] if loop.main else [None, None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            plan, used = box
         t_score = time.perf_counter() - t
-        plan = _select(loop, scores)
         t = time.perf_counter()
         apply(loop.model, plan, example_input(loop.rec["input_size"]))
         loop.runtime.prepare(loop.model)

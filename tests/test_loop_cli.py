@@ -1,0 +1,116 @@
+"""`imagenet52p prune` on a real build: run directory contents, class-subset settings, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from imagenet52p import prune_cli
+from imagenet52p.cli import main
+from imagenet52p.classes import imagenet1k_index, load_class_set
+
+WNIDS = load_class_set("imagenet52p").wnids[:6]
+TRAIN_PER_CLASS, HELD_OUT, TEST_PER_CLASS = 16, 4, 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    from imagenet52p.build import BuildConfig, build_dataset
+    from imagenet52p.fake import FakeSpec, make_fake_imagenet
+    base = tmp_path_factory.mktemp("clidata")
+    make_fake_imagenet(base / "tree", WNIDS, FakeSpec(train_per_class=TRAIN_PER_CLASS, val_per_class=TEST_PER_CLASS,
+                                                      width=40, height=32))
+    (base / "classes.txt").write_text("\n".join(WNIDS) + "\n")
+    build_dataset(BuildConfig(root=base / "tree", out=base / "build", classes=str(base / "classes.txt"),
+                              val_per_class=HELD_OUT, seed=0, workers=1, shard_size=40, progress=False))
+    return base / "build"
+
+
+def prune(build, out, *extra, ok=True):
+    args = ["prune", "--model", "tinyvgg", "--criterion", "l1", "--ratio", "0.5", "--data", str(build), "--out",
+            str(out), "--p", "0.25", "--q", "1", "--batch-size", "16", "--image-size", "32", "--device", "cpu",
+            "--workers", "0", "--no-progress", *extra]
+    result = CliRunner().invoke(main, args)
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_run_directory(tmp_path, build):
+    result = prune(build, tmp_path / "run", "--layers", "features.12,features.4")
+    assert "test top-1" in result.output
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert config["run_hash"] == summary["run_hash"] and len(config["run_hash"]) == 16
+    assert config["config"]["layers"] == ["features.12", "features.4"]
+    assert [s["layer"] for s in summary["steps"]] == ["features.4", "features.12"][::-1]
+    assert summary["images"]["train_images_per_epoch"] == 6 * (TRAIN_PER_CLASS - HELD_OUT)
+    assert summary["test"]["images"] == 6 * TEST_PER_CLASS and summary["baseline"]["val"]["images"] == 6 * HELD_OUT
+    plan = json.loads((run / "model" / "plan.json").read_text())
+    assert plan["out_channels"] == {"features.12": 32, "features.4": 16}
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "timing.json").is_file()
+    kinds = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert kinds == ["baseline", "layer_step", "layer_step", "epoch", "test"]
+
+
+def test_restricted_head_from_a_1000_way_model(tmp_path, build):
+    prune(build, tmp_path / "run", "--head", "restrict", "--layers", "features.12")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["meta"]["num_classes"] == 1000
+    state = torch.load(tmp_path / "run" / "model" / "state_dict.pt", weights_only=True)
+    assert state["classifier.3.weight"].shape[0] == 6  # the 6 rows of the build's classes were kept
+    assert summary["test"]["images"] == 6 * TEST_PER_CLASS
+
+
+def test_1000_way_on_the_subset_and_subset_logits(tmp_path, build):
+    prune(build, tmp_path / "full", "--label-space", "imagenet1k", "--layers", "features.12", "--q", "0")
+    prune(build, tmp_path / "logits", "--head", "subset-logits", "--layers", "features.12", "--q", "0")
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    logits = json.loads((tmp_path / "logits" / "summary.json").read_text())
+    assert full["meta"]["num_classes"] == logits["meta"]["num_classes"] == 1000
+    assert full["test"]["images"] == logits["test"]["images"] == 6 * TEST_PER_CLASS
+    # same model, same data: the subset arg-max can only be right more often than the 1000-way one
+    assert logits["test"]["top1"] >= full["test"]["top1"]
+    assert set(logits["config"]["classes"]) == {imagenet1k_index()[w] for w in WNIDS}
+
+
+def test_class_subset_from_a_list(tmp_path, build):
+    subset = tmp_path / "three.txt"
+    subset.write_text("\n".join(WNIDS[:3]) + "\n")
+    prune(build, tmp_path / "run", "--classes", str(subset), "--layers", "features.12")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["images"]["train_images_per_epoch"] == 3 * (TRAIN_PER_CLASS - HELD_OUT)
+    assert summary["test"]["images"] == 3 * TEST_PER_CLASS
+    assert summary["config"]["classes"] == [0, 1, 2]  # the build's labels of the first three wnids
+
+
+def test_clear_errors(tmp_path, build):
+    r = prune(tmp_path / "nowhere", tmp_path / "run", ok=False)
+    assert r.exit_code != 0 and "nowhere" in r.output and "does not exist" in r.output
+    r = prune(build, tmp_path / "run2", "--criterion-options", "{bins", ok=False)
+    assert r.exit_code != 0 and "--criterion-options" in r.output
+    r = prune(build, tmp_path / "run3", "--model", "vgg17", ok=False)
+    assert r.exit_code != 0 and "no model 'vgg17'" in r.output
+    r = prune(build, tmp_path / "run4", "--ratio", "1.5", ok=False)
+    assert r.exit_code != 0 and "ratio" in r.output
+
+
+def test_cli_choices_match_the_library():
+    from pruning.loop import config, loaders
+    assert prune_cli.ORDERS == config.ORDERS and prune_cli.SCHEDULES == config.SCHEDULES
+    assert prune_cli.SELECTIONS == config.SELECTIONS
+    assert prune_cli.HEAD_MODES == loaders.HEAD_MODES and prune_cli.LABEL_SPACES == loaders.LABEL_SPACES
+    import pruning
+    assert prune_cli.PROTOCOLS == tuple(pruning.PROTOCOLS)
