@@ -122,6 +122,8 @@ def _train(loop, budget: int, lr_fn, images_before: int, desc: str):
     if bar is not None:
         bar.close()
     loop.pos["pass_index"] += 1
+    log.info("%s: %d images in %.2fs (%.1f images/s; data %.2fs, compute %.2fs), loss %.4f", desc, stats.images,
+             stats.wall_time, stats.images_per_s, stats.data_time, stats.compute_time, stats.loss)
     return stats
 
 

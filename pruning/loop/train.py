@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -55,6 +56,9 @@ class Runtime:
             else:
                 device = "cpu"
         dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None and torch.distributed.is_initialized():
+            local = int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank()))
+            dev = torch.device("cuda", local % torch.cuda.device_count())
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError(f"device={device!r} but CUDA is not available; use --device cpu")
