@@ -118,3 +118,22 @@ def test_bad_options_are_value_errors_naming_the_option(bad, tmp_path, class_fil
     name = next(iter(bad)).replace("_", "-")
     with pytest.raises(ValueError, match=f"--{name}"):
         build(tmp_path, tmp_path / "out", class_file, **bad)
+
+
+def test_imagenet52p_set_labels_and_shard_names(tmp_path):
+    from imagenet52p.fake import FakeSpec, make_fake_imagenet
+
+    cs = load_class_set("imagenet52p")
+    make_fake_imagenet(tmp_path / "src", cs.wnids, FakeSpec(train_per_class=2, val_per_class=1, width=16, height=16))
+    m = build_dataset(BuildConfig(root=tmp_path / "src", out=tmp_path / "out", val_per_class=1, workers=1,
+                                  progress=False))
+    assert m["class_set"]["name"] == "imagenet52p-v1" and m["class_set"]["num_classes"] == 52
+    assert [sh["path"] for sh in m["splits"]["val"]["shards"]] == ["val/imagenet52p-val-000000.tar"]
+    for split in ("train", "val", "test"):
+        samples = read_samples(tmp_path / "out", m, split)
+        assert len(samples) == 52
+        assert sorted(s["cls"] for s in samples) == list(range(52))
+        for s in samples:
+            info = cs.classes[s["cls"]]
+            assert (info.wnid, info.imagenet1k_index, info.voc_class) == (
+                s["json"]["wnid"], s["json"]["imagenet1k_index"], s["json"]["voc_class"])
