@@ -34,12 +34,12 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .classes import ClassSet
@@ -50,6 +50,7 @@ SPLITS = ("train", "val", "test")
 LABEL_SPACES = ("subset", "imagenet1k")
 EVEN = (None, "pad", "drop")
 ON_ERROR = ("raise", "skip")
+_SKIP_SLOTS = 1024
 BUILD_HINT = "build it with `build-imagenet52p --root IMAGENET --out DIR`"
 
 
@@ -333,8 +334,10 @@ class ImageNetShards(IterableDataset):
         self.label_space, self.seed, self.shuffle_buffer = label_space, seed, shuffle_buffer
         self.shuffle = split == "train" if shuffle is None else bool(shuffle)
         self.on_error, self.with_meta = on_error, with_meta
-        self._epoch = multiprocessing.RawValue("q", 0)  # shared with (persistent) DataLoader workers
-        self._skipped = multiprocessing.Value("q", 0)
+        # Shared-memory tensors (they pickle to DataLoader workers in any start method): the epoch, set
+        # by the main process and read by (persistent) workers; skip counts, one slot per process.
+        self._epoch_t = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._skipped_t = torch.zeros(1 + _SKIP_SLOTS, dtype=torch.int64).share_memory_()
         cs = self.class_set.classes
         names = [c.name for c in cs]
         self.wnids = [c.wnid for c in cs]
@@ -368,18 +371,18 @@ class ImageNetShards(IterableDataset):
 
     @property
     def epoch(self) -> int:
-        return self._epoch.value
+        return int(self._epoch_t[0])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle (call before iterating; seen by persistent workers too)."""
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        self._epoch.value = epoch
+        self._epoch_t[0] = epoch
 
     @property
     def num_skipped(self) -> int:
         """Samples left out by ``on_error='skip'`` so far (all epochs, all workers)."""
-        return self._skipped.value
+        return int(self._skipped_t.sum())
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (the whole split when world_size == 1)."""
@@ -417,7 +420,7 @@ class ImageNetShards(IterableDataset):
                     if count > seg.stop - seg.start:
                         break
                     yield seg.shard, key, parts, seg.padded
-            except (tarfile.TarError, OSError) as exc:
+            except (tarfile.TarError, OSError, ValueError) as exc:
                 raise SampleError(f"cannot read shard {path} ({type(exc).__name__}: {exc}); it is damaged: "
                                   "copy it again or rebuild (verify=True checks sha256)") from exc
             if count != seg.stop - seg.start:
@@ -449,8 +452,8 @@ class ImageNetShards(IterableDataset):
                               f"{type(exc).__name__}: {exc}")
             if self.on_error == "raise":
                 raise err from exc
-            with self._skipped.get_lock():
-                self._skipped.value += 1
+            info = get_worker_info()
+            self._skipped_t[0 if info is None else 1 + info.id % _SKIP_SLOTS] += 1  # one writer per slot
             log.warning("skipped (on_error='skip'): %s", err)
             return None
         if self.target_transform is not None:

@@ -260,7 +260,8 @@ class Normalize(torch.nn.Module):
         if x.ndim < 3 or x.shape[-3] != self.scale.shape[0]:
             raise ValueError(f"expected [..., {self.scale.shape[0]}, H, W], got {tuple(x.shape)}")
         scale, shift = self.scale.to(x.device), self.shift.to(x.device)
-        return torch.addcmul(shift, x.float(), scale).to(self.dtype)
+        y = x.to(torch.float32)
+        return torch.addcmul(shift, y, scale, out=y).to(self.dtype)  # in place: one float buffer
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}"

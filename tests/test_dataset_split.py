@@ -119,10 +119,11 @@ def test_shuffle_deterministic_per_epoch(built):
     assert evals == [k for k, _, _ in tar_samples(out, "test")]  # eval splits default to no shuffle
 
 
-def test_set_epoch_reaches_persistent_workers(built):
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_workers(built, context):
     _, out = built
     ds = ImageNet52P(out, "train", transform=count_bytes, with_meta=True, shuffle_buffer=8)
-    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context=context)
     runs = []
     for epoch in (0, 1, 0):
         ds.set_epoch(epoch)
