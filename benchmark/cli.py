@@ -1,0 +1,157 @@
+"""``imagenet52p-bench``: run experiment grids, show their cells, print leaderboards.
+
+    imagenet52p-bench run CONFIG [--out RESULTS] [--device cuda] [--task-index i --num-tasks n] [--resume]
+    imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n]
+    imagenet52p-bench leaderboard RESULTS [--format md|csv|html|json] [--output FILE]
+    imagenet52p-bench configs
+
+CONFIG is a TOML file or the name of a shipped config (``imagenet52p-bench configs`` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+FORMATS = ("md", "csv", "html", "json")
+
+
+def _parse_data(values) -> dict:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{v!r} is not NAME=PATH (e.g. --data imagenet52p=/data/in52p)",
+                                     param_hint="--data")
+        out[name] = path
+    return out
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log progress of every cell.")
+def main(verbose: bool) -> None:
+    """Benchmark runner for class-specific filter pruning (the paper's experiments and new ones)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("configs")
+def configs_cmd() -> None:
+    """List the shipped experiment configs."""
+    from .config import list_configs, load_config
+    for name in list_configs():
+        cfg = load_config(name)
+        click.echo(f"{name:28s} {cfg.description[:90]}")
+
+
+def _results_dir(cfg, out):
+    return Path(out) if out else Path("results") / cfg.name
+
+
+@main.command("run")
+@click.argument("config")
+@click.option("--out", "out", default=None, help="Results folder (default: results/<config name>).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available).")
+@click.option("--task-index", type=int, default=0, envvar="SLURM_ARRAY_TASK_ID", show_default=True,
+              help="This job's share of the grid (0-based); defaults to $SLURM_ARRAY_TASK_ID.")
+@click.option("--num-tasks", type=int, default=1, envvar="SLURM_ARRAY_TASK_COUNT", show_default=True,
+              help="Number of independent jobs the grid is split across; defaults to $SLURM_ARRAY_TASK_COUNT.")
+@click.option("--resume", is_flag=True, help="Continue interrupted cells from their last checkpoint.")
+@click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
+@click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
+@click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--num-workers", type=int, default=None, help="DataLoader workers (default: [data].num_workers).")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+              help="GPUs per cell: >1 runs each cell under torchrun --standalone.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root, weights, num_workers,
+            nproc_per_node, threads, progress) -> None:
+    """Run every cell of CONFIG (this task's share) that is not complete."""
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+    from .config import load_config
+    from .execute import CellEnv
+    from .runner import run_grid
+
+    cfg = load_config(config)
+    env = CellEnv(results_dir=str(_results_dir(cfg, out)), data_root=data_root, data=_parse_data(data),
+                  weights=weights, device=device, num_workers=num_workers, progress=progress)
+    counts = run_grid(cfg, env, task_index, num_tasks, resume, nproc_per_node)
+    click.echo(f"{cfg.name} task {task_index}/{num_tasks}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+               + f" -> {env.results_dir}")
+    if counts["failed"]:
+        click.echo(f"{counts['failed']} cell(s) failed; see error.json in their folders or "
+                   f"`imagenet52p-bench leaderboard {env.results_dir}`", err=True)
+        sys.exit(1)
+
+
+@main.command("list")
+@click.argument("config")
+@click.option("--out", "out", default=None, help="Results folder to read states from.")
+@click.option("--num-tasks", type=int, default=1, show_default=True, help="Show which task owns each cell.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(config, out, num_tasks, as_json) -> None:
+    """Show the cells of CONFIG and their state (done / partial / failed / pending)."""
+    from .config import load_config
+    from .runner import grid_states
+
+    cfg = load_config(config)
+    rows = grid_states(cfg, _results_dir(cfg, out), num_tasks)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['state']:8s} task {r['task']:<3d} {r['id']}")
+    states = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    click.echo(f"{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())))
+
+
+@main.command("leaderboard")
+@click.argument("results", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True)
+@click.option("--output", "-o", default=None, help="Write to this file instead of stdout.")
+@click.option("--note", default=None, help="A banner shown above the tables (e.g. 'synthetic data').")
+def leaderboard_cmd(results, fmt, output, note) -> None:
+    """Aggregate the runs in RESULTS into the leaderboard."""
+    text = render(results, fmt, note)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+def render(results, fmt: str, note: str | None = None) -> str:
+    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``html``, ``json``)."""
+    from . import formats
+    from .leaderboard import build_leaderboard
+    from .report import render_html
+    from .runner import EXPERIMENT_FILE
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    board = build_leaderboard(results)
+    exp_file = Path(results) / EXPERIMENT_FILE
+    exp = json.loads(exp_file.read_text()) if exp_file.is_file() else {}
+    title = f"Leaderboard: {exp.get('name', Path(results).name)}"
+    refs = tuple(exp.get("reference", ())) or None
+    if fmt == "md":
+        return formats.to_markdown(board, title, note, refs)
+    if fmt == "csv":
+        return formats.to_csv(board)
+    if fmt == "json":
+        return formats.to_json(board, refs)
+    return render_html(board, title=title, note=note, description=exp.get("description", ""), references=refs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Text renderings of a leaderboard (:func:`benchmark.leaderboard.aggregate`): Markdown, CSV, JSON.
+
+Accuracies and reductions are shown in percent (``65.03 ± 0.31`` = mean ± sample std over
+seeds; ``(n)`` seeds when more than one); ``—`` means not measured.  The HTML page is
+:mod:`benchmark.report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from .leaderboard import METRICS, PROVENANCE
+from .reference import reference_tables
+
+DETAIL_COLUMNS = (
+    ("top1", "Top-1", "pct"), ("top5", "Top-5", "pct"), ("params_reduction", "Params −", "pct"),
+    ("macs_reduction", "MACs −", "pct"), ("speedup", "Speedup", "x"), ("damage", "Damage", "pct"),
+    ("recovery", "Recovery", "pct"), ("epochs_to_recover", "Epochs to recover", "num"),
+    ("images_finetune", "Images fine-tune", "int"),
+)
+
+
+def fmt(v, kind: str = "pct", std=None, n: int | None = None) -> str:
+    if v is None:
+        return "—"
+    if kind == "pct":
+        s = f"{100 * v:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+    elif kind == "x":
+        s = f"{v:.2f}×" + ("" if std is None else f" ± {std:.2f}")
+    elif kind == "int":
+        s = f"{v:,.0f}"
+    else:
+        s = f"{v:g}" if std is None else f"{v:.2f} ± {std:.2f}"
+    return s + (f" ({n})" if n and n > 1 else "")
+
+
+def _ratio(r: float) -> str:
+    return f"{100 * r:g}%"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _prov(e: dict) -> list[str]:
+    return [", ".join(x[:12] if p in ("hash", "config_hash", "class_sha256") else x for x in e[p]) or "—"
+            for p in PROVENANCE]
+
+
+def main_grid(t: dict) -> tuple[list[str], list[list[str]]]:
+    """The paper-shaped table: rows criteria (baseline first), columns ratios, cells top-1."""
+    header = ["Criterion"] + [_ratio(r) for r in t["ratios"]]
+    rows = []
+    b = t["baseline"]
+    if b is not None:
+        rows.append(["unpruned (baseline)"] + [fmt(b["top1"], "pct", b["top1_std"], b["n"])] * len(t["ratios"]))
+    idx = {(e["criterion"], e["ratio"]): e for e in t["entries"]}
+    for c in t["criteria"]:
+        cells = []
+        for r in t["ratios"]:
+            e = idx.get((c, r))
+            if e is None:
+                cells.append("")
+            elif e["n"] == 0:
+                cells.append("failed" if e["n_failed"] else "not run")
+            else:
+                cells.append(fmt(e["top1"], "pct", e["top1_std"], e["n"]))
+        rows.append([c] + cells)
+    return header, rows
+
+
+def detail_rows(t: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["Criterion", "Ratio", "Seeds"] + [h for _, h, _ in DETAIL_COLUMNS] + \
+             ["Cell hash", "Run config hash", "Code", "Class sha256", "Device", "Errors"]
+    rows = []
+    for e in ([t["baseline"]] if t["baseline"] else []) + t["entries"]:
+        name = "unpruned" if e is t["baseline"] else e["criterion"]
+        cols = [fmt(e[m], k, e.get(m + "_std")) for m, _, k in DETAIL_COLUMNS]
+        errs = "; ".join(e["errors"])[:200] or ("" if not e["n_unfinished"] else f"{e['n_unfinished']} unfinished")
+        rows.append([name, _ratio(e["ratio"]), f"{e['n']}/{e['n_runs']}"] + cols + _prov(e) + [errs])
+    return header, rows
+
+
+def overall_rows(board: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["Rank", "Criterion", "Mean rank", "Columns", "Wins", "Mean top-1", "Δ top-1 vs random",
+              "Mean damage"]
+    rows = [[str(i + 1), o["criterion"], f"{o['mean_rank']:.2f}", str(o["columns"]), str(o["wins"]),
+             fmt(o["mean_top1"]), "—" if o["vs_random"] is None else f"{100 * o['vs_random']:+.2f}",
+             fmt(o["mean_damage"])] for i, o in enumerate(board["overall"])]
+    return header, rows
+
+
+def to_markdown(board: dict, title: str = "Leaderboard", note: str | None = None,
+                references: tuple[str, ...] | None = None) -> str:
+    parts = [f"# {title}", ""]
+    if note:
+        parts += [f"> **{note}**", ""]
+    parts += ["Top-1 in percent on the test split (evaluated once, on the model selected on val), "
+              "mean ± sample std over seeds (n). Damage/recovery: mean over layer steps of the val top-1 drop "
+              "after removing filters / the gain from fine-tuning that step.", ""]
+    for t in board["tables"]:
+        parts += [f"## {t['label']}", "", _md_table(*main_grid(t)), "", _md_table(*detail_rows(t)), ""]
+    if board["overall"]:
+        parts += ["## Overall ranking (mean rank of top-1 over every table × ratio column)", "",
+                  _md_table(*overall_rows(board)), ""]
+    refs = reference_tables(references)
+    if refs:
+        parts += ["---", "", "## Published numbers (reference only — NOT measured by this benchmark)", ""]
+        for r in refs:
+            parts += [f"### {r['title']}", "", f"Source: {r['source']}. Baseline: {r['baseline']}.", "",
+                      _md_table(r["header"], r["rows"]), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def csv_rows(board: dict) -> list[dict]:
+    out = []
+    for t in board["tables"]:
+        for e in ([t["baseline"]] if t["baseline"] else []) + t["entries"]:
+            row = {"table": t["label"], "model": t["model"], "class_set": t["class_set"], "kind": t["kind"],
+                   "criterion": "unpruned" if e is t["baseline"] else e["criterion"], "ratio": e["ratio"],
+                   "n": e["n"], "n_failed": e["n_failed"], "seeds": " ".join(map(str, e["seeds"]))}
+            for m in METRICS:
+                row[m], row[m + "_std"] = e[m], e[m + "_std"]
+            for p in PROVENANCE + ("metric_split",):
+                row[p] = ";".join(e[p])
+            row["errors"] = " | ".join(e["errors"])
+            out.append(row)
+    return out
+
+
+def to_csv(board: dict) -> str:
+    rows = csv_rows(board)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_json(board: dict, references: tuple[str, ...] | None = None) -> str:
+    return json.dumps({**board, "reference": reference_tables(references)}, indent=1, sort_keys=True) + "\n"

@@ -1,0 +1,169 @@
+"""Grid expansion, stable cell ids and partitioning across independent jobs.
+
+A :class:`Cell` is one Algorithm 1 run: the cell fields (``kind``, ``model``,
+``init``, ``class_set``, ``head``) plus a complete, validated
+:class:`pruning.loop.config.LoopConfig`.  Its :attr:`Cell.hash` is the first 16
+hex digits of the SHA-256 of the canonical JSON (sorted keys, no whitespace) of
+:meth:`Cell.identity`: the cell fields, the LoopConfig, the model spec (name,
+weights *as written in the config*, number of classes), the pretraining options
+when the runner trains the starting model, and the data options that change
+numbers (image size, resize).  Machine-specific things (build paths, device,
+workers) are not part of it, so the same config gives the same ids everywhere.
+
+Resolution order for every field: built-in default < ``[base]`` < the scalars of
+a ``[[grid]]`` table < that table's list axes.  Axes are expanded as a Cartesian
+product in the order the keys appear; cells with identical identity are merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from pruning.loop.config import LoopConfig
+
+from .config import CELL_FIELDS, ExperimentConfig
+
+#: Loop fields that only matter when filters are removed; normalised in unpruned-baseline cells.
+_PRUNE_ONLY = ("criterion", "layers", "order", "one_shot", "round_to", "min_keep", "score_images",
+               "score_classes", "p")
+BASELINE_CRITERION = "none"
+
+
+def _canon(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid.  ``loop`` is the resolved LoopConfig (as a dict, JSON-ready)."""
+
+    kind: str
+    model: str
+    init: str
+    class_set: str
+    head: str
+    loop: tuple  # sorted (key, value) pairs of LoopConfig.to_dict(), hashable
+    context: str  # canonical JSON of the model/pretrain/data options in the identity
+
+    @property
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig.from_dict(self.loop_dict)
+
+    @property
+    def loop_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop}
+
+    @property
+    def criterion(self) -> str:
+        return self.loop_dict["criterion"]
+
+    @property
+    def ratio(self) -> float:
+        return float(self.loop_dict["ratio"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.loop_dict["seed"])
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind == "prune" and self.ratio == 0.0
+
+    def identity(self) -> dict:
+        return {"cell": {f: getattr(self, f) for f in CELL_FIELDS}, "loop": self.loop_dict,
+                "context": json.loads(self.context)}
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(_canon(self.identity()).encode()).hexdigest()[:16]
+
+    @property
+    def id(self) -> str:
+        """Readable and unique: ``<model>-<class_set>-<kind>-<criterion>-r<ratio>-s<seed>-<hash8>``."""
+        crit = "unpruned" if self.is_baseline else self.criterion
+        pct = f"{self.ratio * 100:g}"
+        return f"{self.model}-{self.class_set}-{self.kind}-{crit}-r{pct}-s{self.seed}-{self.hash[:8]}"
+
+    def to_dict(self) -> dict:
+        d = self.identity()
+        d["id"], d["hash"] = self.id, self.hash
+        return d
+
+
+def _hashable(v):
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
+
+
+def _context(cfg: ExperimentConfig, model: str, init: str, weights_used: bool) -> str:
+    ctx = {"model": {"name": model, "num_classes": cfg.model.get("num_classes"),
+                     "weights": cfg.model.get("weights", "none") if weights_used else "none"},
+           "data": {k: cfg.data_options.get(k) for k in ("image_size", "resize", "train_scale_min")}}
+    if weights_used and (init == "scratch" or cfg.model.get("weights") == "pretrain"):
+        ctx["pretrain"] = dict(sorted(cfg.pretrain.items()))
+    return _canon(ctx)
+
+
+def _make_cell(cfg: ExperimentConfig, values: dict) -> Cell:
+    cell_vals = {"kind": "prune", "model": cfg.model.get("name", "tinyvgg"), "init": "pretrained",
+                 "class_set": next(iter(cfg.data), "full"), "head": "restrict"}
+    loop_vals = {}
+    for k, v in values.items():
+        (cell_vals if k in CELL_FIELDS else loop_vals)[k] = v
+    loop_vals.setdefault("criterion", "l1")
+    loop_vals.setdefault("ratio", 0.5)
+    _check_criterion(cfg, loop_vals["criterion"])
+    try:
+        loop = LoopConfig.from_dict(loop_vals)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg.source}: cell {cell_vals} has an invalid loop option: {e}") from None
+    weights_used = cell_vals["kind"] == "prune"  # scratch/reduced start from random init
+    ctx = _context(cfg, cell_vals["model"], cell_vals["init"], weights_used)
+    return Cell(loop=tuple(sorted((k, _hashable(v)) for k, v in loop.to_dict().items())), context=ctx,
+                **cell_vals)
+
+
+def _check_criterion(cfg: ExperimentConfig, name) -> None:
+    from pruning import list_criteria
+    known = list_criteria()
+    if name != BASELINE_CRITERION and name not in known:
+        raise ValueError(f"{cfg.source}: no criterion {name!r}; available: {', '.join(known)}")
+
+
+def _baseline_of(cfg: ExperimentConfig, values: dict) -> dict:
+    defaults = LoopConfig(criterion="x", ratio=0.0)
+    out = {k: v for k, v in values.items() if k not in _PRUNE_ONLY}
+    out.update({k: getattr(defaults, k) for k in _PRUNE_ONLY if k != "criterion"})
+    out["criterion"], out["ratio"], out["kind"] = BASELINE_CRITERION, 0.0, "prune"
+    if "layers" in values:  # keep explicit layer lists out of the baseline identity
+        out["layers"] = "all"
+    return out
+
+
+def expand_grid(cfg: ExperimentConfig) -> list[Cell]:
+    """All cells of ``cfg`` (sub-grids merged, unpruned baselines added), sorted by id."""
+    cells: dict[str, Cell] = {}
+    for g in cfg.grid:
+        fixed = {**cfg.base, **{k: v for k, v in g.items() if not isinstance(v, list)}}
+        axes = [(k, v) for k, v in g.items() if isinstance(v, list)]
+        for combo in itertools.product(*[v for _, v in axes]):
+            values = {**fixed, **dict(zip([k for k, _ in axes], combo))}
+            for vals in ([values, _baseline_of(cfg, values)] if cfg.unpruned and
+                         values.get("kind", "prune") == "prune" else [values]):
+                cell = _make_cell(cfg, vals)
+                cells.setdefault(cell.id, cell)
+    return [cells[k] for k in sorted(cells)]
+
+
+def partition(cells: list[Cell], task_index: int, num_tasks: int) -> list[Cell]:
+    """The cells of task ``task_index`` out of ``num_tasks``: position ``i`` of the id-sorted list goes
+    to task ``i % num_tasks``, so every cell is in exactly one task and tasks differ by at most one cell."""
+    if not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"--num-tasks must be an integer >= 1, got {num_tasks!r}")
+    if not isinstance(task_index, int) or not 0 <= task_index < num_tasks:
+        raise ValueError(f"--task-index must be in 0..{num_tasks - 1} (0-based, e.g. $SLURM_ARRAY_TASK_ID), "
+                         f"got {task_index!r}")
+    ordered = sorted(cells, key=lambda c: c.id)
+    return ordered[task_index::num_tasks]

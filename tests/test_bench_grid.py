@@ -1,0 +1,144 @@
+"""Experiment configs: schema checks, grid expansion, stable cell ids, partitioning."""
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from benchmark.config import list_configs, load_config, parse_config
+from benchmark.grid import expand_grid, partition
+
+BASE = {"name": "t", "data": {"full": "f", "sub": "s"}, "model": {"name": "tinyvgg", "weights": "pretrain"}}
+
+
+def cfg(grid, **top):
+    return parse_config({**BASE, **top, "grid": grid}, "test.toml")
+
+
+def test_expansion_is_the_cartesian_product_plus_one_baseline_per_group():
+    c = cfg([{"criterion": ["random", "l1", "apoz"], "ratio": [0.25, 0.5], "class_set": ["full", "sub"],
+              "seed": [0, 1]}])
+    cells = expand_grid(c)
+    pruned = [x for x in cells if not x.is_baseline]
+    base = [x for x in cells if x.is_baseline]
+    assert len(pruned) == 3 * 2 * 2 * 2
+    assert {(x.criterion, x.ratio, x.class_set, x.seed) for x in pruned} == set(
+        itertools.product(["random", "l1", "apoz"], [0.25, 0.5], ["full", "sub"], [0, 1]))
+    assert len(base) == 2 * 2  # class_set x seed
+    assert all(b.criterion == "none" and b.ratio == 0.0 for b in base)
+    assert len({x.id for x in cells}) == len(cells)
+
+
+def test_no_baseline_when_disabled_and_subgrids_merge_duplicates():
+    g = {"criterion": ["l1"], "ratio": [0.5]}
+    c = cfg([g, dict(g), {"criterion": ["random"], "ratio": [0.5], "data_fraction": [0.1, 1.0]}],
+            baseline={"unpruned": False})
+    cells = expand_grid(c)
+    assert sorted((x.criterion, x.loop_dict["data_fraction"]) for x in cells) == [
+        ("l1", 1.0), ("random", 0.1), ("random", 1.0)]
+
+
+def test_ids_are_stable_and_depend_on_every_identity_field():
+    g = [{"criterion": ["l1"], "ratio": [0.5]}]
+    a = expand_grid(cfg(g))
+    b = expand_grid(cfg(g))
+    assert [x.id for x in a] == [x.id for x in b]
+    changed = expand_grid(cfg(g, base={"q": 3.0}))
+    assert not {x.hash for x in a} & {x.hash for x in changed}
+    other_model = expand_grid(parse_config({**BASE, "model": {"name": "tinyvgg", "weights": "w.pt"}, "grid": g}))
+    assert not {x.hash for x in a} & {x.hash for x in other_model}
+    # the id does not depend on where the builds are
+    moved = expand_grid(parse_config({**BASE, "data": {"full": "/elsewhere", "sub": "s"}, "grid": g}))
+    assert [x.id for x in a] == [x.id for x in moved]
+
+
+def test_cell_hash_is_sha256_of_the_canonical_identity():
+    import hashlib
+    import json
+    cell = expand_grid(cfg([{"criterion": ["l1"], "ratio": [0.5]}]))[0]
+    blob = json.dumps(cell.identity(), sort_keys=True, separators=(",", ":")).encode()
+    assert cell.hash == hashlib.sha256(blob).hexdigest()[:16]
+    assert cell.id.endswith(cell.hash[:8])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 40])
+def test_partition_puts_every_cell_in_exactly_one_task(n):
+    cells = expand_grid(cfg([{"criterion": ["random", "l1", "apoz", "entropy"], "ratio": [0.25, 0.5, 0.75],
+                              "seed": [0, 1]}]))
+    shares = [partition(cells, i, n) for i in range(n)]
+    ids = [c.id for s in shares for c in s]
+    assert sorted(ids) == sorted(c.id for c in cells)  # every cell once, none twice
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    # independent of the order cells are given in
+    assert [c.id for c in partition(cells[::-1], 0, n)] == [c.id for c in shares[0]]
+
+
+@pytest.mark.parametrize("i,n", [(2, 2), (-1, 3), (0, 0)])
+def test_partition_refuses_bad_task_numbers(i, n):
+    with pytest.raises(ValueError, match="task"):
+        partition([], i, n)
+
+
+@pytest.mark.parametrize("doc,match", [
+    ({"grid": [{"criterion": ["l1"]}]}, "name"),
+    ({"name": "x"}, r"\[\[grid\]\]"),
+    ({"name": "x", "grid": [{"criterio": ["l1"]}]}, "criterio"),
+    ({"name": "x", "grid": [{"kind": ["pruned"]}]}, "kind"),
+    ({"name": "x", "grid": [{"ratio": []}]}, "empty"),
+    ({"name": "x", "base": {"lr": 0.1, "lrr": 1}, "grid": [{"ratio": [0.5]}]}, "lrr"),
+    ({"name": "x", "data": {"full": "a"}, "grid": [{"class_set": ["sub"]}]}, "sub"),
+])
+def test_schema_errors_name_the_file_and_the_key(doc, match):
+    with pytest.raises(ValueError, match=match) as e:
+        expand_grid(parse_config(doc, "bad.toml"))
+    assert "bad.toml" in str(e.value)
+
+
+def test_invalid_loop_option_is_reported_with_the_cell():
+    with pytest.raises(ValueError, match="ratio"):
+        expand_grid(cfg([{"criterion": ["l1"], "ratio": [1.5]}]))
+
+
+def test_unknown_criterion_is_refused_with_the_list():
+    with pytest.raises(ValueError, match="available: .*random"):
+        expand_grid(cfg([{"criterion": ["l3"], "ratio": [0.5]}]))
+
+
+def test_missing_config_lists_shipped_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match="demo"):
+        load_config(tmp_path / "nope.toml")
+
+
+EXPECTED_CONFIGS = {"demo", "table1_vgg16", "table2_vgg16_fulldata", "table3_resnet50", "table4_imagenet52p",
+                    "random52_control", "figure1", "scratch_baselines", "pretrained_vs_scratch"}
+
+
+def test_every_shipped_config_parses_and_expands():
+    names = set(list_configs())
+    assert EXPECTED_CONFIGS <= names
+    for name in names:
+        c = load_config(name)
+        cells = expand_grid(c)
+        assert cells, name
+        assert c.estimate_gpu_hours is not None, name
+
+
+def test_paper_grids_have_the_paper_shape():
+    t1 = expand_grid(load_config("table1_vgg16"))
+    crit = {c.criterion for c in t1 if not c.is_baseline}
+    assert {"random", "mean_activation", "entropy", "scaled_entropy", "l1", "apoz", "sensitivity"} <= crit
+    assert {c.ratio for c in t1 if not c.is_baseline} == {0.25, 0.5, 0.75}
+    t3 = expand_grid(load_config("table3_resnet50"))
+    assert {c.loop_dict["layers"] for c in t3 if not c.is_baseline} == {"resnet50-16", "resnet50-32"}
+    t4 = expand_grid(load_config("table4_imagenet52p"))
+    assert "class_specific" in {c.criterion for c in t4}
+    assert {c.class_set for c in t4} == {"imagenet52p"}
+
+
+def test_list_cli_shows_every_cell_once_per_task_split(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "list", "table1_vgg16", "--num-tasks", "4",
+                          "--out", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in out.splitlines() if ln.startswith("pending")]
+    n = len(expand_grid(load_config("table1_vgg16")))
+    assert len(lines) == n
+    assert {ln.split()[2] for ln in lines} == {"0", "1", "2", "3"}
