@@ -263,3 +263,17 @@ def test_run_dir_refuses_overwrite_and_returns_complete_runs(tmp_path, data, tra
     (tmp_path / "run" / "summary.json").unlink()
     with pytest.raises(ValueError, match="another configuration"):
         prune_finetune(trained(trained_state), "l1", 0.25, ["features.12"], data[0], data[1], **kw)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name,protocol,steps", [("resnet18", "resnet50-16", 8), ("vgg16", "vgg16", 13),
+                                                 ("resnet50", "resnet50-32", 32)])
+def test_torchvision_models_through_the_paper_protocols(tmp_path, name, protocol, steps):
+    train, val, test = synthetic_splits(4, 4, 2, 2, size=32, seed=0)
+    model = make_model(name, 4, seed=0)
+    s = prune_finetune(model, "l1", 0.5, protocol, train, val, test, p=0.25, q=1, batch_size=8,
+                       out_dir=tmp_path / "run" if name == "resnet18" else None, options=QUIET)
+    assert len(s["steps"]) == steps
+    assert all(st["filters_kept"] == st["filters_before"] - st["filters_before"] // 2 for st in s["steps"])
+    assert all(st["finetune_images"] == 4 for st in s["steps"])
+    assert s["cost"]["macs_ratio"] < 0.9 and s["test"]["images"] == 8

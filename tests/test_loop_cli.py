@@ -114,3 +114,20 @@ def test_cli_choices_match_the_library():
     assert prune_cli.HEAD_MODES == loaders.HEAD_MODES and prune_cli.LABEL_SPACES == loaders.LABEL_SPACES
     import pruning
     assert prune_cli.PROTOCOLS == tuple(pruning.PROTOCOLS)
+
+
+def test_weights_file_and_restricted_rows_are_the_pretrained_ones(tmp_path, build):
+    from pruning.loop import make_model
+    pretrained = make_model("tinyvgg", 1000, seed=123)
+    torch.save(pretrained.state_dict(), tmp_path / "in1k.pt")
+    prune(build, tmp_path / "run", "--weights", str(tmp_path / "in1k.pt"), "--head", "restrict", "--ratio", "0",
+          "--q", "0")
+    state = torch.load(tmp_path / "run" / "model" / "state_dict.pt", weights_only=True)
+    rows = [imagenet1k_index()[w] for w in WNIDS]
+    assert torch.equal(state["classifier.3.weight"], pretrained.classifier[3].weight.detach()[rows])
+    assert torch.equal(state["classifier.3.bias"], pretrained.classifier[3].bias.detach()[rows])
+    assert torch.equal(state["features.0.weight"], pretrained.features[0].weight.detach())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["meta"]["weights_sha256"]) == 64
+    r = prune(build, tmp_path / "run2", "--weights", str(tmp_path / "missing.pt"), ok=False)
+    assert r.exit_code != 0 and "missing.pt" in r.output

@@ -145,3 +145,29 @@ def test_stream_errors():
         DataStream(42)
     with pytest.raises(ValueError, match="no images left"):
         DataStream(_data(), 8, classes=(9,))
+
+
+def test_cuda_code_path_logic_on_cpu():
+    """bf16 autocast + channels_last (the CUDA settings) through training, surgery and evaluation, on CPU."""
+    import pruning
+    from pruning.loop import evaluate, make_model
+    from pruning.loop.synthetic import synthetic_dataset
+    fast = Runtime(torch.device("cpu"), amp=True, channels_last=True)
+    plain = Runtime(torch.device("cpu"))
+    ds = synthetic_dataset(4, 8, size=16)
+    model = fast.prepare(make_model("tinyvgg", 4, seed=0))
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x, _ = fast.to_device(ds.tensors[0][:2], ds.tensors[1][:2])
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with fast.autocast():
+        assert model(x).dtype == torch.bfloat16
+    opt = make_optimizer(model, 0.05, 0.9, 0.0)
+    stats = train_chunk(model, DataStream(ds, 8), 0, 32, opt, fast)
+    assert stats.images == 32 and math.isfinite(stats.loss)
+    pruning.apply_plan(model, {"features.4": list(range(0, 32, 2))}, torch.zeros(1, 3, 16, 16))
+    fast.prepare(model)
+    assert model.features[4].weight.is_contiguous(memory_format=torch.channels_last)
+    a = evaluate(model, DataStream(ds, 8, shuffle=False), fast)
+    b = evaluate(model, DataStream(ds, 8, shuffle=False), plain)
+    assert a["images"] == b["images"] == 32
+    assert abs(a["loss"] - b["loss"]) < 0.05 * max(1.0, b["loss"])  # bf16 vs fp32: close, not equal

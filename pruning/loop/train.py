@@ -77,8 +77,10 @@ class Runtime:
         return self.device.type == "cuda"
 
     def autocast(self):
+        """bf16 autocast on the runtime's device when ``amp`` (``create`` enables it on CUDA only;
+        a ``Runtime`` built by hand may use it on CPU, which is how the CUDA path is tested)."""
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
