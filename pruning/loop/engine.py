@@ -78,6 +78,9 @@ class Loop:
                  score_data=None, out_dir=None, options: RunOptions | None = None, meta: dict | None = None,
                  logit_subset=None, train_pass_images: int | None = None, batch_transform=None):
         self.cfg, self.opts = config, options or RunOptions()
+        if config.ratio > 0:
+            import pruning
+            pruning.get_criterion(config.criterion)  # an unknown name fails now, listing the valid ones
         self.meta = dict(meta or {})
         self.hash = run_hash(config, self.meta)
         self.rank, self.world = dist_info()
