@@ -126,3 +126,41 @@ def test_kill_and_resume_in_a_subprocess(tmp_path, build_dir):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["images"]["train_images_per_epoch"] == 6 * (24 - 5)
     assert [r["epoch"] for r in summary["final"]["epochs"]] == [1.0, 2.0, 3.0]
+
+
+class AugmentedBatches:
+    """An iterable of batches with no length that draws from torch's RNG (random flips), like a
+    webdataset pipeline with augmentation; ``set_epoch`` reshuffles."""
+
+    def __init__(self, ds, batch_size=8):
+        self.ds, self.batch_size, self.epoch = ds, batch_size, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        x, y = self.ds.tensors
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(100 + self.epoch))
+        for i in range(0, len(y), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            flip = torch.rand(len(idx)) < 0.5  # global RNG, as torchvision transforms do
+            xb = x[idx].clone()
+            xb[flip] = xb[flip].flip(-1)
+            yield xb, y[idx]
+
+
+def test_resume_with_an_iterable_that_uses_the_rng(tmp_path):
+    data = synthetic_splits(4, 12, 4, 4, size=16, seed=2, noise=30.0)
+    kw = dict(criterion="mean_activation", ratio=0.5, layers=["features.8", "features.4"], val_data=data[1],
+              p=0.5, q=2, data_fraction=0.5, batch_size=8, lr=0.02, score_images=16)
+    ref = prune_finetune(make_model("tinyvgg", 4, seed=1), train_data=AugmentedBatches(data[0]), out_dir=tmp_path / "a",
+                         options=RunOptions(progress=False), **kw)
+    assert ref["images"]["train_images_per_epoch"] == 24  # counted by one pass (no len), then the fraction
+    assert [s["finetune_images"] for s in ref["steps"]] == [12, 12]
+    for k in (2, 4):
+        with pytest.raises(Stopped):
+            prune_finetune(make_model("tinyvgg", 4, seed=1), train_data=AugmentedBatches(data[0]),
+                           out_dir=tmp_path / f"b{k}", options=RunOptions(progress=False, stop_after=k), **kw)
+        prune_finetune(make_model("tinyvgg", 4, seed=1), train_data=AugmentedBatches(data[0]), out_dir=tmp_path / f"b{k}",
+                       resume=True, options=RunOptions(progress=False), **kw)
+        assert (tmp_path / f"b{k}" / "summary.json").read_bytes() == (tmp_path / "a" / "summary.json").read_bytes()

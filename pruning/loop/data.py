@@ -156,7 +156,12 @@ class DataStream:
         if self._pass_images is None:
             log.warning("%s: counting images in one pass (give pass_images to skip this)", self.name)
             self._keyed = False
-            local = sum(len(y) for _, y in self.batches(0))
+            from .checkpoint import rng_state, set_rng_state
+            saved = rng_state()  # transforms may draw random numbers: counting must not move the RNGs
+            try:
+                local = sum(len(y) for _, y in self.batches(0))
+            finally:
+                set_rng_state(saved)
             full = local * self.world
             if full < 1:
                 raise ValueError(f"{self.name}: no images left after classes={self.classes}")

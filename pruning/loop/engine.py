@@ -154,6 +154,8 @@ class Loop:
         self.rec = json.loads(ck["state"])
         self.timing = json.loads(ck.get("timing") or '{"steps": [], "final": []}')
         self.plans = json.loads(ck["plans"])
+        if self.rec.get("train_pass_images"):
+            self.train._pass_images = int(self.rec["train_pass_images"])
         example = S.example_input(self.rec["input_size"])
         for plan in self.plans:
             S.apply(self.model, plan, example)
@@ -242,6 +244,7 @@ class Loop:
         acc = self._val()
         cost = S.cost(self.model, self.rec["input_size"])
         self.rec["baseline"] = {"val": acc, **cost}
+        self.rec["train_pass_images"] = self.train.pass_images  # stored: never counted again on resume
         self._event("baseline", timing={"wall_s": round(time.perf_counter() - t, 4)}, val=acc, layers=names,
                     train_images_per_epoch=self.train.pass_images, **cost)
         self.pos = {"stage": "steps" if self.cfg.ratio > 0 else "final", "step": 0, "chunk": 0, "pass_index": 0}
