@@ -51,8 +51,9 @@ def _labels(value: str | None):
               help="protocol (vgg16, resnet50-16, resnet50-32, all) or comma-separated conv names")
 @click.option("--order", type=click.Choice(ORDERS), default="last_to_first", show_default=True)
 @click.option("--one-shot", is_flag=True, help="prune every layer at once, then fine-tune q epochs")
-@click.option("--p", "p", type=float, default=1.0, show_default=True, help="fine-tuning epochs after each layer")
-@click.option("--q", "q", type=float, default=12.0, show_default=True, help="final fine-tuning epochs")
+@click.option("--p", "--p-epochs", "p", type=float, default=1.0, show_default=True,
+              help="fine-tuning epochs after each layer (--p-epochs under torchrun, which takes --p itself)")
+@click.option("--q", "--q-epochs", "q", type=float, default=12.0, show_default=True, help="final fine-tuning epochs")
 @click.option("--data-fraction", type=float, default=1.0, show_default=True,
               help="fraction of the training set used for fine-tuning (paper: 0.1)")
 @click.option("--classes", default=None, help="class set restricting all splits (imagenet52p, random52, FILE)")
@@ -115,6 +116,12 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
         summary = run_spec(spec, cfg, out_dir, options, resume=resume)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc).strip('"')) from None
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return
     test = summary.get("test") or {}
     final = summary["final"]["val"]
     click.echo(f"{out_dir}: val top-1 {final['top1']:.4f}"

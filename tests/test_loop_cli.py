@@ -89,8 +89,11 @@ def test_1000_way_on_the_subset_and_subset_logits(tmp_path, build):
 def test_class_subset_from_a_list(tmp_path, build):
     subset = tmp_path / "three.txt"
     subset.write_text("\n".join(WNIDS[:3]) + "\n")
-    prune(build, tmp_path / "run", "--classes", str(subset), "--layers", "features.12")
+    prune(build, tmp_path / "run", "--classes", str(subset), "--layers", "features.12", "--q-epochs", "2",
+          "--p-epochs", "0.5")  # the spellings torchrun leaves alone
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [r["epoch"] for r in summary["final"]["epochs"]] == [1.0, 2.0]
+    assert summary["steps"][0]["finetune_images"] == round(0.5 * 3 * (TRAIN_PER_CLASS - HELD_OUT))
     assert summary["images"]["train_images_per_epoch"] == 3 * (TRAIN_PER_CLASS - HELD_OUT)
     assert summary["test"]["images"] == 3 * TEST_PER_CLASS
     assert summary["config"]["classes"] == [0, 1, 2]  # the build's labels of the first three wnids
