@@ -134,3 +134,12 @@ def test_weights_file_and_restricted_rows_are_the_pretrained_ones(tmp_path, buil
     assert len(summary["meta"]["weights_sha256"]) == 64
     r = prune(build, tmp_path / "run2", "--weights", str(tmp_path / "missing.pt"), ok=False)
     assert r.exit_code != 0 and "missing.pt" in r.output
+
+
+def test_folders_tree_as_data(tmp_path, build):
+    tree = build.parent / "tree"  # train/<wnid>/, val/<wnid>/ (no test/): torchvision ImageFolder
+    prune(tree, tmp_path / "run", "--layers", "features.12", "--label-space", "imagenet1k")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["meta"]["data"]["format"] == "folders" and summary["meta"]["num_classes"] == 1000
+    assert summary["images"]["train_images_per_epoch"] == 6 * TRAIN_PER_CLASS
+    assert summary["baseline"]["val"]["images"] == 6 * TEST_PER_CLASS and summary["test"] is None
