@@ -31,6 +31,7 @@ RUN_PYTEST = rc=0; $(PY) -m pytest -q $(1) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test: $(STAMP) wordnet
+	@bash scripts/ensure_chromium.sh
 	@$(call RUN_PYTEST,)
 
 test-heavy: $(STAMP) wordnet
