@@ -61,7 +61,7 @@ def _batches(data: Iterable, num_images: Optional[int], classes: Optional[Sequen
             if labels is None:
                 raise ValueError("`classes` was given but `data` yields no labels: yield (images, labels)")
             keep = torch.isin(labels.cpu(), wanted)
-            images, labels = images[keep], labels[keep]
+            images, labels = images[keep.to(images.device)], labels[keep.to(labels.device)]
         if num_images is not None:
             images = images[: num_images - seen]
             labels = None if labels is None else labels[: num_images - seen]

@@ -5,14 +5,15 @@ For a target conv with ``C`` filters, let ``a[n, c, h, w]`` be the feature map o
 ``s[n, c] = mean_{h,w} a[n, c, h, w]`` its spatial average.  Over the ``N`` images seen, the
 accumulators are (all tensors stay on the model's device; nothing is copied to the host per batch):
 
-``sum_mean[c]  = sum_n s[n, c]``                       (float64)
-``nonzero[c]   = #{(n, h, w): a[n, c, h, w] != 0}``    (int64), ``elements = N * H * W``
+``sum_mean[c]    = sum_n s[n, c]``                                   (float64)
+``sum_nonzero[c] = sum_n #{(h, w): a[n, c, h, w] != 0} / (H W)``   (float64; every image has the same H W,
+                   so ``sum_nonzero / N`` is the fraction of non-zero activations over images and positions)
 ``hist_b[c, j] = #{n: s[n, c] falls in bin j}``        (int64, one histogram per requested bin count b)
 
 Histogram edges are **fixed from the first batch** so no second pass is needed: per filter,
 ``lo[c] = min_n s[n, c]`` and ``hi[c] = max_n s[n, c]`` over the first batch, ``b`` equal-width bins on
 ``[lo, hi]``; bin ``j = floor((s - lo) / (hi - lo) * b)`` clamped to ``[0, b - 1]``, so later values outside
-the first batch's range count in the end bins (``hi == lo``: every value counts in bin 0).  When all data
+the first batch's range count in the end bins (where ``hi == lo`` the span is taken as 1).  When all data
 is one batch this is exactly ``numpy.histogram(s[:, c], bins=b, range=(lo, hi))``.
 """
 from __future__ import annotations
@@ -35,7 +36,6 @@ class ActivationStats:
             if b < 2:
                 raise ValueError(f"entropy needs at least 2 bins; got bins={b}")
         self.num_images = 0
-        self.elements = 0
         self.sum_mean = None
         self.nonzero = None
         self.lo = self.hi = None
@@ -48,12 +48,13 @@ class ActivationStats:
             a = a[:, :, None, None]
         if a.dim() != 4 or a.shape[1] != self.num_filters:
             raise ValueError(f"expected a feature map [B, {self.num_filters}, H, W]; got {tuple(a.shape)}")
-        batch, channels, height, width = a.shape
-        s = a.mean(dim=(2, 3), dtype=torch.float64) if a.dtype != torch.float64 else a.mean(dim=(2, 3))
-        nonzero = torch.count_nonzero(a, dim=(0, 2, 3))
+        batch, channels = a.shape[:2]
+        # reductions in the activation dtype over one image's positions (fast), accumulated in float64
+        s = a.mean(dim=(2, 3)).to(torch.float64)
+        nonzero = a.ne(0).to(a.dtype).mean(dim=(2, 3)).sum(dim=0, dtype=torch.float64)
         if self.sum_mean is None:
             self.sum_mean = torch.zeros(channels, dtype=torch.float64, device=a.device)
-            self.nonzero = torch.zeros(channels, dtype=torch.int64, device=a.device)
+            self.nonzero = torch.zeros(channels, dtype=torch.float64, device=a.device)
             if self.bins:
                 self.lo = s.min(dim=0).values
                 self.hi = s.max(dim=0).values
@@ -62,7 +63,6 @@ class ActivationStats:
         self.sum_mean += s.sum(dim=0)
         self.nonzero += nonzero
         self.num_images += batch
-        self.elements += batch * height * width
         if self.bins:
             span = self.hi - self.lo
             span = torch.where(span > 0, span, torch.ones_like(span))
@@ -84,9 +84,9 @@ class ActivationStats:
 
     @property
     def zero_fraction(self) -> torch.Tensor:
-        """Average percentage of zeros as a fraction: ``1 - nonzero / (N H W)``."""
+        """Average percentage of zeros as a fraction: ``1 - sum_nonzero / N``."""
         self._check()
-        return 1.0 - self.nonzero.double() / self.elements
+        return 1.0 - self.nonzero / self.num_images
 
     def entropy(self, bins: int) -> torch.Tensor:
         """``-sum_j p_j log p_j`` (natural log, ``0 log 0 = 0``), ``p_j = hist_b[c, j] / N``."""
