@@ -7,7 +7,6 @@ whose state they advance; every stage ends in a checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import torch
