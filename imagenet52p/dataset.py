@@ -295,8 +295,8 @@ class ImageNetShards(IterableDataset):
         if on_error == "skip" and split != "train":
             raise ValueError(f"on_error='skip' is only for the train split (got split={split!r}): "
                              "evaluation must see every sample; fix or rebuild the damaged shard instead")
-        for name, value in (("shuffle_buffer", shuffle_buffer), ("batch_size", batch_size or 1)):
-            if not isinstance(value, int) or value < 1:
+        for name, value in (("shuffle_buffer", shuffle_buffer), ("batch_size", batch_size)):
+            if (value is not None or name != "batch_size") and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.root = Path(root)
         self.manifest = load_manifest(self.root)

@@ -107,6 +107,8 @@ def test_bad_arguments(built):
         ImageNet52P(out, "val", on_error="skip")
     with pytest.raises(ValueError, match="even='drop'.*nothing per rank"):
         ImageNet52P(out, "val", even="drop", rank=0, world_size=11)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        ImageNet52P(out, batch_size=0)
     with pytest.raises(ValueError, match="epoch must be"):
         ImageNet52P(out).set_epoch(-1)
 

@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader
 from imagenet52p import ImageNet52P
 from imagenet52p.dataset import Segment, segments, worker_range
 
+# 3 workers on this 2-core machine are deliberate (uneven splits); torch's advice about it is noise here
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+
 
 def read_keys(out, split, num_workers, **kw):
     ds = ImageNet52P(out, split, transform=count_bytes, with_meta=True, **kw)
