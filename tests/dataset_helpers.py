@@ -83,3 +83,18 @@ def count_bytes(data) -> int:
 
 
 count_bytes.accepts_jpeg = True
+
+
+def ddp_worker(rank: int, world: int, out: str, port: int, result_dir: str) -> None:
+    """torch.multiprocessing.spawn target: a real gloo process group; the dataset takes rank/world from it."""
+    import torch.distributed as dist
+
+    from imagenet52p import ImageNet52P
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ds = ImageNet52P(out, "test", transform=count_bytes, with_meta=True, even="pad", batch_size=3)
+        keys = [m["key"] for _, _, m in ds]
+        Path(result_dir, f"{rank}.json").write_text(json.dumps({"rank": ds.rank, "world": ds.world_size,
+                                                                "len": len(ds), "keys": keys}))
+    finally:
+        dist.destroy_process_group()

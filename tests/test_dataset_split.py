@@ -136,3 +136,20 @@ def test_set_epoch_reaches_persistent_workers(built, context):
     assert runs[1] == [m["key"] for _, _, m in DataLoader(fresh, batch_size=None, num_workers=2)]
     assert runs[0] == runs[2] != runs[1]
     assert Counter(runs[0]) == Counter(runs[1])
+
+
+def test_rank_and_world_size_come_from_torch_distributed(built, tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as tmp
+    from dataset_helpers import ddp_worker
+    _, out = built
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp.spawn(ddp_worker, args=(3, str(out), port, str(tmp_path)), nprocs=3, join=True)
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(3)]
+    assert [(r["rank"], r["world"], r["len"]) for r in results] == [(0, 3, 7), (1, 3, 7), (2, 3, 7)]
+    keys = [k for r in results for k in r["keys"]]
+    assert len(keys) == 21 and set(keys) == {k for k, _, _ in tar_samples(out, "test")}
