@@ -164,3 +164,19 @@ def test_resume_with_an_iterable_that_uses_the_rng(tmp_path):
         prune_finetune(make_model("tinyvgg", 4, seed=1), train_data=AugmentedBatches(data[0]), out_dir=tmp_path / f"b{k}",
                        resume=True, options=RunOptions(progress=False), **kw)
         assert (tmp_path / f"b{k}" / "summary.json").read_bytes() == (tmp_path / "a" / "summary.json").read_bytes()
+
+
+def test_resume_is_exact_with_dataloader_workers(tmp_path, build_dir):
+    """A build read by 2 DataLoader workers (random crops drawn in the workers): still exact."""
+    from pruning.loop import LoopConfig
+    from pruning.loop.run import RunSpec, run_spec
+    spec = RunSpec(model="tinyvgg", data=str(build_dir), image_size=32)
+    cfg = LoopConfig("l1", 0.5, layers=("features.8", "features.4"), p=0.5, q=2, batch_size=16, lr=0.02,
+                     data_fraction=0.5)
+    opts = RunOptions(device="cpu", num_workers=2, progress=False)
+    ref = run_spec(spec, cfg, tmp_path / "ref", opts)
+    assert ref["images"]["train_images_per_epoch"] == round(0.5 * 6 * (24 - 5))
+    with pytest.raises(Stopped):
+        run_spec(spec, cfg, tmp_path / "run", RunOptions(device="cpu", num_workers=2, progress=False, stop_after=3))
+    run_spec(spec, cfg, tmp_path / "run", opts, resume=True)
+    assert (tmp_path / "run" / "summary.json").read_bytes() == (tmp_path / "ref" / "summary.json").read_bytes()

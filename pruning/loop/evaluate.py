@@ -26,6 +26,7 @@ import logging
 import torch
 from torch import nn
 
+from .checkpoint import rng_state, set_rng_state
 from .data import DataStream
 from .train import Runtime, all_reduce_sum
 
@@ -37,8 +38,19 @@ def evaluate(model: nn.Module, stream: DataStream, runtime: Runtime, logit_subse
     """``{"top1", "top5", "loss", "images"}`` of ``model`` on one pass of ``stream``.
 
     The model is put in eval mode and left there; counts stay on the device
-    until the end (one host synchronisation per evaluation).
+    until the end (one host synchronisation per evaluation).  The global RNGs
+    are restored afterwards: a DataLoader may draw a worker seed when (and only
+    when) it starts workers, so without this the training randomness would
+    depend on whether a persistent loader was already running (e.g. after a resume).
     """
+    saved = rng_state()
+    try:
+        return _evaluate(model, stream, runtime, logit_subset, pass_index, budget, progress)
+    finally:
+        set_rng_state(saved)
+
+
+def _evaluate(model, stream, runtime, logit_subset, pass_index, budget, progress) -> dict:
     model.eval()
     dev = runtime.device
     correct1 = torch.zeros((), dtype=torch.float64, device=dev)

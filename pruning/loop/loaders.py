@@ -143,8 +143,11 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
         def split(name, transform, shuffle):
             ds = ImageNet52P(root, name, transform, target_transform, label_space=label_space, shuffle=shuffle,
                              seed=seed, batch_size=batch_size, with_meta=name == "train")
+            # train workers are NOT persistent: fresh workers seed their RNG from the main process's
+            # (checkpointed) RNG at every pass, which keeps augmentation, and so resume, exact
             return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=T.collate,
-                              pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+                              pin_memory=torch.cuda.is_available(),
+                              persistent_workers=num_workers > 0 and name != "train")
 
         manifest_splits = probe.manifest.get("splits", {})
         train = split("train", T.train(image_size), True)
