@@ -277,3 +277,18 @@ def test_torchvision_models_through_the_paper_protocols(tmp_path, name, protocol
     assert all(st["filters_kept"] == st["filters_before"] - st["filters_before"] // 2 for st in s["steps"])
     assert all(st["finetune_images"] == 4 for st in s["steps"])
     assert s["cost"]["macs_ratio"] < 0.9 and s["test"]["images"] == 8
+
+
+@pytest.mark.parametrize("criterion", pruning.list_criteria())
+def test_every_registered_criterion_runs_a_layer_step(data, trained_state, criterion):
+    crit = pruning.get_criterion(criterion)
+    extra = {"score_classes": (0, 1)} if crit.requires_classes else {}
+    if criterion == "linear_ensemble":
+        extra["criterion_options"] = {"num_masks": 16, "max_images": 32}
+    s = prune_finetune(trained(trained_state), criterion, 0.5, ["features.8"], data[0], data[1], p=0.1, q=0,
+                       score_images=32, batch_size=16, options=QUIET, **extra)
+    step = s["steps"][0]
+    assert (step["filters_before"], step["filters_kept"]) == (32, 16)
+    # the budget (32 images) is met, also from the two-class subset (48 images); weight criteria use none
+    assert step["score_images"] == (0 if crit.needs == "weights" else 32)
+    assert step["finetune_images"] == round(0.1 * NUM_CLASSES * PER_CLASS)
