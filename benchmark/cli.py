@@ -91,6 +91,24 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
         sys.exit(1)
 
 
+@main.command("estimate")
+@click.argument("config")
+@click.option("--train-ips", type=float, default=None, help="Training images/s per GPU (default: assumed 2500).")
+@click.option("--eval-ips", type=float, default=None, help="Evaluation images/s per GPU (default: assumed 4000).")
+def estimate_cmd(config, train_ips, eval_ips) -> None:
+    """Expected cost of CONFIG: images trained/evaluated and GPU-hours (formula in benchmark.estimate)."""
+    from .config import load_config
+    from .estimate import DEFAULT_EVAL_IPS, DEFAULT_TRAIN_IPS, estimate
+
+    try:
+        e = estimate(load_config(config), train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{config}: {e['cells']} cells, {e['train_images'] / 1e6:.1f}M images trained, "
+               f"{e['eval_images'] / 1e6:.1f}M evaluated -> {e['gpu_hours']:.1f} GPU-hours "
+               f"({e['per_cell_gpu_hours']:.2f} per cell) at {e['train_ips']:g} train / {e['eval_ips']:g} eval img/s")
+
+
 @main.command("list")
 @click.argument("config")
 @click.option("--out", "out", default=None, help="Results folder to read states from.")

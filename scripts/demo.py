@@ -30,16 +30,18 @@ SYNTHETIC_NOTE = ("SYNTHETIC DATA: every number below comes from generated image
                   "classes), not from ImageNet. It shows that the pipeline works, not what the paper measured.")
 SPEC = FakeSpec(train_per_class=30, val_per_class=6, width=40, height=32, seed=0)
 VAL_PER_CLASS = 6  # train images per class held out as the build's val split (the tree's val becomes test)
+TINY_SPEC = FakeSpec(train_per_class=8, val_per_class=3, width=40, height=32, seed=0)  # --tiny (CI)
+TINY_VAL_PER_CLASS = 3
 
 
-def _build(root: Path, out: Path, classes: str) -> None:
+def _build(root: Path, out: Path, classes: str, val_per_class: int) -> None:
     from imagenet52p.build import BuildConfig, build_dataset
 
     if (out / "manifest.json").is_file():
         print(f"  reusing build {out}")
         return
     t = time.perf_counter()
-    build_dataset(BuildConfig(root=root, out=out, classes=classes, val_per_class=VAL_PER_CLASS, seed=0,
+    build_dataset(BuildConfig(root=root, out=out, classes=classes, val_per_class=val_per_class, seed=0,
                               shard_size=2000, eval_shard_size=1000, workers=2, progress=True))
     print(f"  built {out} ({time.perf_counter() - t:.1f}s)")
 
@@ -49,6 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--root", default=None, help="a real ImageNet copy (default: generate a synthetic one)")
     p.add_argument("--quiet", action="store_true", help="no class table, no progress bars")
+    p.add_argument("--tiny", action="store_true",
+                   help=f"a much smaller synthetic tree ({TINY_SPEC.train_per_class}+{TINY_SPEC.val_per_class} "
+                        "images per class) in separate folders, for CI; same config and cells")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: a small CNN gains little from more, and on a busy "
                         "machine oversubscribed threads are many times slower)")
@@ -63,22 +68,23 @@ def main(argv=None) -> int:
     if not a.quiet:
         print(format_table(cs))
     full_wnids = sorted(set(cs.wnids) | set(r52.wnids))
-    root = Path(a.root) if a.root else out / "fake_imagenet"
+    spec, vpc, sfx = (TINY_SPEC, TINY_VAL_PER_CLASS, "_tiny") if a.tiny else (SPEC, VAL_PER_CLASS, "")
+    root = Path(a.root) if a.root else out / f"fake_imagenet{sfx}"
     if a.root is None:
         t = time.perf_counter()
         if not (root / "val").is_dir():
-            make_fake_imagenet(root, full_wnids, SPEC)
+            make_fake_imagenet(root, full_wnids, spec)
         print(f"\n[1/4] synthetic ImageNet tree (NOT real images), {len(full_wnids)} classes x "
-              f"{SPEC.train_per_class}+{SPEC.val_per_class} images at {root} ({time.perf_counter() - t:.1f}s)")
-    data = out / "data"
+              f"{spec.train_per_class}+{spec.val_per_class} images at {root} ({time.perf_counter() - t:.1f}s)")
+    data = out / f"data{sfx}"
     full_list = out / "full_wnids.txt"
     full_list.parent.mkdir(parents=True, exist_ok=True)
     text = "# demo full set: imagenet52p + random52\n" + "\n".join(full_wnids) + "\n"
     if not full_list.is_file() or full_list.read_text() != text:
         full_list.write_text(text)
     print("[2/4] build-imagenet52p: the full set (104 classes) and ImageNet-52P (52 classes)")
-    _build(root, data / "demo_full", str(full_list))
-    _build(root, data / "demo_imagenet52p", "imagenet52p")
+    _build(root, data / "demo_full", str(full_list), vpc)
+    _build(root, data / "demo_imagenet52p", "imagenet52p", vpc)
 
     from benchmark.cli import render
     from benchmark.config import load_config
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
     from benchmark.runner import run_grid
 
     cfg = load_config("demo")
-    results = out / "results"
+    results = out / f"results{sfx}"
     env = CellEnv(results_dir=str(results), data_root=str(data), device="cpu", progress=not a.quiet)
     print(f"[3/4] imagenet52p-bench run demo: {len(expand_grid(cfg))} cells (resumable) -> {results}")
     t = time.perf_counter()
@@ -98,10 +104,11 @@ def main(argv=None) -> int:
     print(md)
     for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv"), ("json", "leaderboard.json"),
                       ("html", "report.html")):
-        (out / name).write_text(render(results, fmt, SYNTHETIC_NOTE), encoding="utf-8")
+        (out / f"{name.split('.')[0]}{sfx}.{name.split('.')[1]}").write_text(render(results, fmt, SYNTHETIC_NOTE),
+                                                                             encoding="utf-8")
     print(SYNTHETIC_NOTE)
-    print(f"HTML report: {(out / 'report.html').resolve()}")
-    print(f"(also {out / 'leaderboard.md'}, .csv, .json; total {time.perf_counter() - t0:.0f}s)")
+    print(f"HTML report: {(out / f'report{sfx}.html').resolve()}")
+    print(f"(also {out / f'leaderboard{sfx}.md'}, .csv, .json; total {time.perf_counter() - t0:.0f}s)")
     return 1 if counts.get("failed") else 0
 
 

@@ -1,0 +1,82 @@
+"""Expected cost of a config, in images processed and GPU-hours, from its grid alone.
+
+Per cell (``N`` = train images of its class set x ``data_fraction``; ``L`` = target layers,
+1 in one-shot mode; ``V``/``T`` = val/test images):
+
+* trained images = ``L * p * N + q * N + L * score`` (scoring counted as training images: the
+  gradient criteria need a backward pass; ``score`` = ``score_images`` or a full pass ``N``)
+* evaluated images = ``V * (1 + 2 L + ceil(q)) + T`` (baseline, damage and recovery per step,
+  one per final epoch, test once)
+* scratch/reduced cells: ``q * N`` trained, ``V * (1 + ceil(q)) + T`` evaluated.
+
+A starting model the runner trains (``weights = "pretrain"`` or ``init = "scratch"``) adds
+``epochs * N`` trained images once per class set.  GPU-hours = trained / ``train_ips`` +
+evaluated / ``eval_ips``, over 3600.  The default throughputs are ASSUMPTIONS (one H100-class
+GPU, bf16 + channels_last, 16 CPU cores decoding JPEGs, so input-bound), not measurements: give
+``--train-ips/--eval-ips`` measured on your machine (``python -m pruning.loop.bench``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from .config import ExperimentConfig
+from .grid import expand_grid
+
+#: (train, val, test) images per class set; ImageNet-1k exact (train minus the 50/class held out as
+#: val; test = the official val set), the 52-class sets approximate (1300 train images per class).
+SET_SIZES = {"imagenet1k": (1_231_167, 50_000, 50_000), "imagenet52p": (65_000, 2_600, 2_600),
+             "random52": (65_000, 2_600, 2_600)}
+#: Assumed images/s per GPU (see module docstring).
+DEFAULT_TRAIN_IPS = 2500.0
+DEFAULT_EVAL_IPS = 4000.0
+
+
+@functools.lru_cache(maxsize=None)
+def n_layers(model: str, layers: str) -> int:
+    """Number of convs the protocol ``layers`` targets in ``model`` (built on CPU, random init)."""
+    import pruning
+    from pruning.loop import make_model
+    return len(pruning.prunable_layers(make_model(model, 10), layers))
+
+
+def _sizes(cfg: ExperimentConfig, class_set: str, sizes: dict) -> tuple[int, int, int]:
+    path = str(cfg.data.get(class_set, class_set))
+    for name, s in sizes.items():
+        if name in path.split("/")[-1] or name == class_set:
+            return s
+    raise ValueError(f"{cfg.source}: no size known for class set {class_set!r} (build {path}); known: "
+                     f"{', '.join(sizes)}")
+
+
+def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_ips: float = DEFAULT_EVAL_IPS,
+             sizes: dict | None = None) -> dict:
+    """``{"cells", "train_images", "eval_images", "gpu_hours", "per_cell_gpu_hours"}`` for ``cfg``."""
+    sizes = sizes or SET_SIZES
+    cells = expand_grid(cfg)
+    train = evals = 0.0
+    pretrained = set()
+    for c in cells:
+        lc = c.loop_config
+        n_tr, n_val, n_te = _sizes(cfg, c.class_set, sizes)
+        n = n_tr * lc.data_fraction
+        if c.kind != "prune":
+            train += lc.q * n
+            evals += n_val * (1 + math.ceil(lc.q)) + n_te
+            continue
+        steps = 0
+        if lc.ratio > 0:
+            layers = lc.layers if isinstance(lc.layers, str) else None
+            steps = 1 if lc.one_shot else (n_layers(c.model, layers) if layers else len(lc.layers))
+        score = lc.score_images if lc.score_images is not None else n
+        p = 0.0 if lc.one_shot else lc.p
+        train += steps * p * n + lc.q * n + steps * score
+        evals += n_val * (1 + 2 * steps + math.ceil(lc.q)) + n_te
+        key = c.class_set if c.init == "scratch" else ("full" if cfg.model.get("weights") == "pretrain" else None)
+        if key and key not in pretrained:
+            pretrained.add(key)
+            train += float(cfg.pretrain.get("epochs", 10)) * _sizes(cfg, key, sizes)[0]
+    hours = (train / train_ips + evals / eval_ips) / 3600
+    return {"cells": len(cells), "train_images": train, "eval_images": evals, "gpu_hours": hours,
+            "per_cell_gpu_hours": hours / len(cells), "train_ips": train_ips, "eval_ips": eval_ips}

@@ -1,0 +1,88 @@
+"""The cell kinds beyond plain Algorithm 1, on real builds: the pruned architecture and a uniformly
+reduced network trained from scratch (Crowley et al.), a starting model trained from scratch on
+the subset (Hubens et al.), and a subset evaluated with the full classifier (head="full")."""
+import json
+import sys
+
+import pytest
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from test_bench_runs import make_builds  # noqa: E402
+
+from benchmark.config import parse_config  # noqa: E402
+from benchmark.execute import CellEnv  # noqa: E402
+from benchmark.grid import expand_grid  # noqa: E402
+from benchmark.leaderboard import build_leaderboard  # noqa: E402
+from benchmark.runner import run_grid  # noqa: E402
+
+DOC = {
+    "name": "kinds",
+    "data": {"full": "full", "sub": "sub", "image_size": 24, "resize": 24, "latency_batch_size": 2},
+    "model": {"name": "tinyvgg", "weights": "pretrain"},
+    "pretrain": {"epochs": 2, "lr": 0.05, "batch_size": 16},
+    "base": {"layers": "all", "p": 0.25, "q": 1.0, "lr": 0.01, "batch_size": 16, "score_images": 16},
+    "baseline": {"unpruned": False},
+    "grid": [
+        {"kind": ["scratch", "reduced"], "criterion": "l1", "ratio": [0.5], "class_set": "sub"},
+        {"init": ["scratch"], "criterion": ["l1"], "ratio": [0.5], "class_set": "sub"},
+        {"head": ["full"], "criterion": ["random"], "ratio": [0.5], "class_set": "sub"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    import torch
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("kinds")
+    data = make_builds(root)
+    cfg = parse_config(DOC, "kinds.toml")
+    results = root / "results"
+    counts = run_grid(cfg, CellEnv(results_dir=str(results), data_root=str(data), device="cpu"))
+    return cfg, results, counts
+
+
+def _summ(results, cell):
+    return json.loads((results / cell.id / "summary.json").read_text())
+
+
+def test_every_kind_completes(done):
+    cfg, results, counts = done
+    assert counts == {"done": 4, "failed": 0, "partial": 0, "pending": 0}
+
+
+def test_scratch_and_reduced_train_a_thinner_network_from_random_init(done):
+    cfg, results, _ = done
+    cells = {c.kind: c for c in expand_grid(cfg) if c.kind != "prune"}
+    for kind, cell in cells.items():
+        s = _summ(results, cell)
+        bench = json.loads((results / cell.id / "bench.json").read_text())
+        assert s["steps"] == []  # no layer step: the architecture was reduced before training
+        assert s["baseline"]["params"] < bench["params_full"]  # thinner than tinyvgg
+        assert s["cost"]["macs"] == s["baseline"]["macs"]
+        # trained from random init: accuracy starts at chance on 3 classes
+        assert s["baseline"]["val"]["top1"] < 0.7
+    # with layers="all" the pruned architecture and the uniformly reduced one coincide
+    a, b = (_summ(results, cells[k])["baseline"]["params"] for k in ("scratch", "reduced"))
+    assert a == b
+    board = build_leaderboard(results)
+    rows = [e for t in board["tables"] if t["kind"] != "prune" for e in t["entries"]]
+    assert len(rows) == 2 and all(0.3 < e["macs_reduction"] < 1 for e in rows)
+
+
+def test_scratch_init_starts_from_a_model_trained_on_the_subset_only(done):
+    cfg, results, _ = done
+    cell = next(c for c in expand_grid(cfg) if c.kind == "prune" and c.init == "scratch")
+    pre = list((results / "_pretrain").glob("tinyvgg-sub-*/summary.json"))
+    assert len(pre) == 1
+    s = _summ(results, cell)
+    assert json.loads(pre[0].read_text())["final"]["val"]["top1"] == pytest.approx(s["baseline"]["val"]["top1"])
+
+
+def test_full_head_keeps_every_output(done):
+    cfg, results, _ = done
+    full = next(c for c in expand_grid(cfg) if c.head == "full")
+    restricted = next(c for c in expand_grid(cfg) if c.kind == "prune" and c.init == "scratch")
+    s_full, s_res = _summ(results, full), _summ(results, restricted)
+    # 6 outputs x 64 hidden units + bias vs 3 outputs: the classifier of the full head is larger
+    assert s_full["baseline"]["params"] - s_res["baseline"]["params"] == 3 * 64 + 3
