@@ -76,6 +76,8 @@ def test_given_order_and_explicit_layers(data, trained_state):
     s = prune_finetune(trained(trained_state), "l1", 0.5, names, data[0], data[1], p=0, q=0, order="given",
                        options=QUIET)
     assert [st["layer"] for st in s["steps"]] == list(names)
+    with pytest.raises(ValueError, match="not a protocol"):
+        prune_finetune(trained(trained_state), "l1", 0.5, "vgg19", data[0], data[1], p=0, q=0, options=QUIET)
     with pytest.raises(ValueError, match="features.1"):
         prune_finetune(trained(trained_state), "l1", 0.5, ["features.1"], data[0], data[1], p=0, q=0, options=QUIET)
 

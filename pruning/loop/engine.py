@@ -81,6 +81,9 @@ class Loop:
         if config.ratio > 0:
             import pruning
             pruning.get_criterion(config.criterion)  # an unknown name fails now, listing the valid ones
+            if isinstance(config.layers, str) and config.layers not in pruning.PROTOCOLS:
+                raise ValueError(f"layers={config.layers!r} is not a protocol ({', '.join(pruning.PROTOCOLS)}); "
+                                 "give a protocol or a list of conv names")
         self.meta = dict(meta or {})
         self.hash = run_hash(config, self.meta)
         self.rank, self.world = dist_info()
