@@ -127,7 +127,7 @@ def decode(img, scale: int = 1) -> tuple[torch.Tensor, int]:
         if scale > 1 and img.draft("RGB", (img.size[0] // scale, img.size[1] // scale)) is not None:
             used = scale if img.size[0] < width else 1
         return _pil_to_tensor(img), used
-    op = _jpeg_op() if scale == 1 else None
+    op = _jpeg_op() if scale == 1 and bytes(img[:2]) == b"\xff\xd8" else None
     if op is not None:
         return op(torch.frombuffer(bytearray(img), dtype=torch.uint8)), 1
     return decode(Image.open(io.BytesIO(img)), scale)

@@ -67,6 +67,10 @@ def test_input_kinds_agree():
             torch.manual_seed(7)
             outs.append(make()(inp))
         assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    png = io.BytesIO()
+    pil.save(png, "PNG")  # not JPEG: decoded by PIL, same pixels
+    torch.manual_seed(7)
+    assert torch.equal(IT.eval()(png.getvalue()), outs[0])
     with pytest.raises(TypeError, match="expected JPEG bytes"):
         IT.train()(np.zeros((3, 4, 4)))
     with pytest.raises(ValueError, match="uint8 tensor"):
