@@ -142,3 +142,20 @@ def test_list_cli_shows_every_cell_once_per_task_split(tmp_path):
     n = len(expand_grid(load_config("table1_vgg16")))
     assert len(lines) == n
     assert {ln.split()[2] for ln in lines} == {"0", "1", "2", "3"}
+
+
+def test_estimate_follows_its_formula():
+    from benchmark.estimate import estimate
+    c = parse_config({"name": "e", "data": {"imagenet52p": "imagenet52p"}, "model": {"name": "tinyvgg"},
+                      "base": {"layers": "all", "p": 1.0, "q": 2.0, "data_fraction": 0.5, "score_images": 100,
+                               "class_set": "imagenet52p"},
+                      "grid": [{"criterion": ["l1"], "ratio": [0.5]}]}, "e.toml")
+    e = estimate(c, train_ips=1000.0, eval_ips=2000.0)
+    n = 65_000 * 0.5
+    pruned_train, base_train = 4 * n + 2 * n + 4 * 100, 2 * n  # tinyvgg: 4 convs
+    pruned_eval, base_eval = 2600 * (1 + 8 + 2) + 2600, 2600 * (1 + 2) + 2600
+    assert e["cells"] == 2
+    assert e["train_images"] == pruned_train + base_train
+    assert e["eval_images"] == pruned_eval + base_eval
+    assert e["gpu_hours"] == pytest.approx(((pruned_train + base_train) / 1000 + (pruned_eval + base_eval) / 2000)
+                                           / 3600)
