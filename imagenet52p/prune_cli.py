@@ -82,13 +82,14 @@ def _labels(value: str | None):
 @click.option("--no-amp", is_flag=True, help="no bf16 autocast on CUDA")
 @click.option("--deterministic", is_flag=True, help="deterministic algorithms (slower on CUDA)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run (a complete one is left as is)")
+@click.option("--keep-step-checkpoints", is_flag=True, help="also keep checkpoints/step_XX.pt after every layer step")
 @click.option("--no-progress", is_flag=True)
 @click.option("-v", "--verbose", count=True)
 def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, data_dir, out_dir, layers, order,
               one_shot, p, q, data_fraction, classes, head, label_space, score_images, score_labels, round_to,
               min_keep, batch_size, accum_steps, lr, final_lr, schedule, step_epochs, gamma, momentum,
               weight_decay, select, seed, image_size, resize, device, workers, no_amp, deterministic, resume,
-              no_progress, verbose):
+              keep_step_checkpoints, no_progress, verbose):
     """Prune MODEL layer by layer with CRITERION and fine-tune (the paper's Algorithm 1).
 
     Writes OUT/config.json, events.jsonl, checkpoints/, model/ (plan.json + state_dict.pt)
@@ -112,7 +113,7 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
         spec = RunSpec(model=model, data=data_dir, weights=weights, num_classes=num_classes, head=head,
                        label_space=label_space, classes=classes, image_size=image_size, resize=resize)
         options = RunOptions(device=device, amp=not no_amp, deterministic=deterministic, num_workers=workers,
-                             progress=not no_progress)
+                             progress=not no_progress, keep_step_checkpoints=keep_step_checkpoints)
         summary = run_spec(spec, cfg, out_dir, options, resume=resume)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc).strip('"')) from None

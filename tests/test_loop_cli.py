@@ -48,7 +48,7 @@ def prune(build, out, *extra, ok=True):
 
 
 def test_run_directory(tmp_path, build):
-    result = prune(build, tmp_path / "run", "--layers", "features.12,features.4")
+    result = prune(build, tmp_path / "run", "--layers", "features.12,features.4", "--keep-step-checkpoints")
     assert "test top-1" in result.output
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
@@ -61,6 +61,11 @@ def test_run_directory(tmp_path, build):
     plan = json.loads((run / "model" / "plan.json").read_text())
     assert plan["out_channels"] == {"features.12": 32, "features.4": 16}
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "timing.json").is_file()
+    for i, layers in enumerate([["features.12"], ["features.12", "features.4"]]):
+        ck = torch.load(run / "checkpoints" / f"step_{i:02d}.pt", weights_only=True)  # plain data only
+        plans = json.loads(ck["plans"])
+        assert [next(iter(p)) for p in plans] == layers and ck["position"]["step"] == i + 1
+        assert [len(next(iter(p.values()))) for p in plans] == [32, 16][:i + 1]
     kinds = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert kinds == ["baseline", "layer_step", "layer_step", "epoch", "test"]
 
