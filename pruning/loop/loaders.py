@@ -126,6 +126,10 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
                                 "subdirectories); build one with build-imagenet52p")
     _, sub = _class_sets(cs_data, classes)
     subset_set = sub if sub is not None else cs_data
+    if cs_data is None and (sub is not None or head != "full"):
+        raise ValueError(f"{root}/train has folders that are not ImageNet-1k wnids, so a class set (--classes) "
+                         "or a subset head (restrict, subset-logits) cannot be mapped onto them; run with "
+                         "head 'full' and no classes")
     keep = _labels_for(cs_data, sub, label_space) if cs_data is not None else None
     target_transform, restrict_rows, logit_subset = None, None, None
     if head == "restrict":
