@@ -95,8 +95,10 @@ def test_class_subset_from_a_list(tmp_path, build):
     subset = tmp_path / "three.txt"
     subset.write_text("\n".join(WNIDS[:3]) + "\n")
     prune(build, tmp_path / "run", "--classes", str(subset), "--layers", "features.12", "--q-epochs", "2",
-          "--p-epochs", "0.5")  # the spellings torchrun leaves alone
+          "--p-epochs", "0.5", "--criterion", "mean_activation")  # the spellings torchrun leaves alone
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["criterion"] == "mean_activation"
+    assert summary["steps"][0]["score_images"] == 3 * (TRAIN_PER_CLASS - HELD_OUT)  # the subset's train images
     assert [r["epoch"] for r in summary["final"]["epochs"]] == [1.0, 2.0]
     assert summary["steps"][0]["finetune_images"] == round(0.5 * 3 * (TRAIN_PER_CLASS - HELD_OUT))
     assert summary["images"]["train_images_per_epoch"] == 3 * (TRAIN_PER_CLASS - HELD_OUT)

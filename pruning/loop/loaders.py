@@ -6,7 +6,8 @@
   :class:`imagenet52p.ImageNet52P` splits read through DataLoaders with
   :mod:`imagenet52p.transforms` (uint8 batches; :class:`~imagenet52p.transforms.Normalize`
   runs on the device).  The train split carries sample keys so ``data_fraction``
-  selects a fixed subset by key;
+  selects a fixed subset by key.  Scoring reads the train split with the *eval*
+  transform (no augmentation), whole on every rank;
 * or a **folders tree** ``DIR/train/<wnid>/*``, ``DIR/val/<wnid>/*`` and optionally
   ``DIR/test/<wnid>/*`` (torchvision ``ImageFolder``; map-style, so shuffling,
   ``data_fraction`` and DDP splitting are done by the loop).
@@ -63,6 +64,7 @@ class RunData:
     logit_subset: list[int] | None  # head=subset-logits
     batch_transform: object | None
     describe: dict = field(default_factory=dict)
+    score: object | None = None  # scoring data: the train split with the eval transform
 
 
 def _class_sets(kind_set, classes_spec):
@@ -144,17 +146,20 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
     if fmt == "build":
         from imagenet52p.dataset import ImageNet52P
 
-        def split(name, transform, shuffle):
+        def split(name, transform, shuffle, whole=False, persistent=True, keys=False):
+            share = dict(rank=0, world_size=1) if whole else {}
             ds = ImageNet52P(root, name, transform, target_transform, label_space=label_space, shuffle=shuffle,
-                             seed=seed, batch_size=batch_size, with_meta=name == "train")
-            # train workers are NOT persistent: fresh workers seed their RNG from the main process's
-            # (checkpointed) RNG at every pass, which keeps augmentation, and so resume, exact
+                             seed=seed, batch_size=batch_size, with_meta=keys, **share)
             return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=T.collate,
-                              pin_memory=torch.cuda.is_available(),
-                              persistent_workers=num_workers > 0 and name != "train")
+                              pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0 and persistent)
 
         manifest_splits = probe.manifest.get("splits", {})
-        train = split("train", T.train(image_size), True)
+        # train workers are NOT persistent: fresh workers seed their RNG from the main process's
+        # (checkpointed) RNG at every pass, which keeps augmentation, and so resume, exact
+        train = split("train", T.train(image_size), True, persistent=False, keys=True)
+        # scoring: the train split with the eval transform (no augmentation), the whole split on
+        # every rank (only rank 0 scores under DDP), reshuffled per layer step
+        score = split("train", T.eval(image_size, resize), True, whole=True, persistent=False)
         val = split("val", T.eval(image_size, resize), False)
         test = split("test", T.eval(image_size, resize), False) if manifest_splits.get("test", {}).get(
             "num_samples") else None
@@ -176,8 +181,9 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
 
         train, val = split("train", T.train(image_size)), split("val", T.eval(image_size, resize))
         test = split("test", T.eval(image_size, resize))
+        score = split("train", T.eval(image_size, resize))
         if tt is not None:  # ImageFolder.targets are folder indices; expose the mapped ones
-            for ds in (train, val, test):
+            for ds in (train, val, test, score):
                 if ds is not None:
                     ds.targets = [tt(t) for t in ds.targets]
         batch_transform = T.Normalize()
@@ -188,7 +194,7 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
                 "classes": None if sub is None else {"name": sub.name, "sha256": sub.sha256},
                 "image_size": image_size, "resize": resize}
     return RunData(train, val, test, num_labels, None if keep is None else tuple(keep), restrict_rows,
-                   logit_subset, batch_transform, describe)
+                   logit_subset, batch_transform, describe, score)
 
 
 class _Compose:

@@ -111,5 +111,5 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     log.info("data: %s (%s)", spec.data, data.describe["format"])
     meta = {"spec": spec_meta, "data": describe, "num_classes": num_classes,
             "weights_sha256": None if spec.weights is None else _file_sha256(spec.weights)}
-    return run_loop(model, config, data.train, data.val, data.test, out_dir=out, resume=resume, options=options,
-                    meta=meta, logit_subset=data.logit_subset, batch_transform=data.batch_transform)
+    return run_loop(model, config, data.train, data.val, data.test, data.score, out_dir=out, resume=resume,
+                    options=options, meta=meta, logit_subset=data.logit_subset, batch_transform=data.batch_transform)
