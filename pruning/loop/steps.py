@@ -278,6 +278,7 @@ def finish(loop) -> dict:
     images["finetune_total"] = images["finetune_steps"] + images["finetune_final"]
     return {
         "run_hash": loop.hash, "config_hash": cfg.hash(), "config": cfg.to_dict(), "meta": loop.meta,
+        "code_version": _code_version(),
         "device": _device_name(loop.runtime.device), "world_size": loop.world,
         "input_size": rec["input_size"], "layers": rec["layers"],
         "baseline": base,
@@ -295,6 +296,11 @@ def finish(loop) -> dict:
         "plan": {k: v for k, v in _core_current_plan(loop.model).items()},
         "model_files": None if loop.out is None else {"plan": "model/plan.json", "weights": "model/state_dict.pt"},
     }
+
+
+def _code_version() -> str:
+    from imagenet52p._version import __version__
+    return __version__
 
 
 def _core_current_plan(model):
