@@ -55,7 +55,9 @@ def _labels(value: str | None):
               help="fine-tuning epochs after each layer (--p-epochs under torchrun, which takes --p itself)")
 @click.option("--q", "--q-epochs", "q", type=float, default=12.0, show_default=True, help="final fine-tuning epochs")
 @click.option("--data-fraction", type=float, default=1.0, show_default=True,
-              help="fraction of the training set used for fine-tuning (paper: 0.1)")
+              help="fraction of the training set used for fine-tuning")
+@click.option("--final-data-fraction", type=float, default=None,
+              help="fraction for the final fine-tune only (paper: 0.1 with --data-fraction 1)")
 @click.option("--classes", default=None, help="class set restricting all splits (imagenet52p, random52, FILE)")
 @click.option("--head", type=click.Choice(HEAD_MODES), default="full", show_default=True,
               help="class-subset setting: full | restrict (cut a 1000-way classifier) | subset-logits")
@@ -86,7 +88,7 @@ def _labels(value: str | None):
 @click.option("--no-progress", is_flag=True)
 @click.option("-v", "--verbose", count=True)
 def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, data_dir, out_dir, layers, order,
-              one_shot, p, q, data_fraction, classes, head, label_space, score_images, score_labels, round_to,
+              one_shot, p, q, data_fraction, final_data_fraction, classes, head, label_space, score_images, score_labels, round_to,
               min_keep, batch_size, accum_steps, lr, final_lr, schedule, step_epochs, gamma, momentum,
               weight_decay, select, seed, image_size, resize, device, workers, no_amp, deterministic, resume,
               keep_step_checkpoints, no_progress, verbose):
@@ -107,7 +109,7 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
         cfg = LoopConfig(criterion=criterion, ratio=ratio, criterion_options=opts, layers=_layers(layers),
                          order=order, one_shot=one_shot, round_to=round_to, min_keep=min_keep,
                          score_images=score_images, score_classes=_labels(score_labels), p=p, q=q,
-                         data_fraction=data_fraction, lr=lr, final_lr=final_lr, schedule=schedule,
+                         data_fraction=data_fraction, final_data_fraction=final_data_fraction, lr=lr, final_lr=final_lr, schedule=schedule,
                          step_epochs=step_epochs, gamma=gamma, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, accum_steps=accum_steps, select=select, seed=seed)
         spec = RunSpec(model=model, data=data_dir, weights=weights, num_classes=num_classes, head=head,

@@ -138,6 +138,15 @@ def test_fractional_epochs_and_data_fraction_count_images(data, trained_state):
     assert s["images"]["finetune_total"] == 2 * round(0.25 * epoch) + round(1.5 * epoch)
 
 
+def test_final_data_fraction_is_separate(data, trained_state):
+    n = NUM_CLASSES * PER_CLASS
+    s = prune_finetune(trained(trained_state), "l1", 0.5, ["features.8"], data[0], data[1], p=0.5, q=2,
+                       data_fraction=1.0, final_data_fraction=0.25, batch_size=16, options=QUIET)
+    assert s["images"]["train_images_per_epoch"] == n and s["images"]["final_images_per_epoch"] == n // 4
+    assert s["steps"][0]["finetune_images"] == n // 2
+    assert [r["images"] for r in s["final"]["epochs"]] == [n // 4, n // 4]
+
+
 def test_class_subset_restricts_every_split(data, trained_state):
     classes = (0, 2, 5)
     s = prune_finetune(trained(trained_state), "mean_activation", 0.5, ["features.8"], data[0], data[1], data[2],

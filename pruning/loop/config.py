@@ -71,7 +71,11 @@ class LoopConfig:
       ``p=0.1`` trains on ``round(0.1 * that)`` images.
       ``data_fraction``: fraction of the training set used for fine-tuning (the
       paper's 1/10); on a map-style dataset a fixed seeded random subset, the
-      same in every epoch.
+      same in every epoch.  ``final_data_fraction``: the fraction for the final
+      fine-tune only (None = ``data_fraction``); the paper fine-tunes each layer
+      step for 1 epoch and the final network for 12 epochs on 1/10 of the data
+      (``data_fraction=1, final_data_fraction=0.1``).  An epoch of the final
+      fine-tune counts the final fraction's images.
       ``classes``: labels (in the data's label space) that fine-tuning, val and
       test are restricted to (class-specific pruning; None = all).
       ``lr`` (layer steps, constant), ``final_lr`` (final fine-tune, following
@@ -98,6 +102,7 @@ class LoopConfig:
     p: float = 1.0
     q: float = 12.0
     data_fraction: float = 1.0
+    final_data_fraction: float | None = None
     classes: tuple[int, ...] | None = None
     lr: float = 1e-3
     final_lr: float | None = None
@@ -137,6 +142,8 @@ class LoopConfig:
                 raise ValueError(f"{name}={v} must be >= 0 epochs")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ValueError(f"data_fraction={self.data_fraction} must be in (0, 1]")
+        if self.final_data_fraction is not None and not 0.0 < self.final_data_fraction <= 1.0:
+            raise ValueError(f"final_data_fraction={self.final_data_fraction} must be in (0, 1] or None")
         for name in ("batch_size", "accum_steps", "round_to", "min_keep"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -158,6 +165,10 @@ class LoopConfig:
     @property
     def effective_final_lr(self) -> float:
         return self.lr if self.final_lr is None else self.final_lr
+
+    @property
+    def effective_final_data_fraction(self) -> float:
+        return self.data_fraction if self.final_data_fraction is None else float(self.final_data_fraction)
 
     @property
     def effective_score_classes(self) -> tuple[int, ...] | None:

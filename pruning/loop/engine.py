@@ -103,6 +103,11 @@ class Loop:
         kw = dict(num_workers=self.opts.num_workers, pin_memory=pin)
         self.train = DataStream(train_data, micro, config.classes, config.data_fraction, config.seed,
                                 shuffle=True, pass_images=train_pass_images, name="train", **kw)
+        self.train_final = self.train
+        if config.effective_final_data_fraction != config.data_fraction:
+            self.train_final = DataStream(train_data, micro, config.classes, config.effective_final_data_fraction,
+                                          config.seed, shuffle=True, pass_images=train_pass_images,
+                                          name="train (final)", **kw)
         self.val = DataStream(val_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="val", **kw)
         self.test = (None if test_data is None else
                      DataStream(test_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="test", **kw))
@@ -159,6 +164,8 @@ class Loop:
         self.plans = json.loads(ck["plans"])
         if self.rec.get("train_pass_images"):
             self.train._pass_images = int(self.rec["train_pass_images"])
+        if self.rec.get("final_pass_images"):
+            self.train_final._pass_images = int(self.rec["final_pass_images"])
         example = S.example_input(self.rec["input_size"])
         for plan in self.plans:
             S.apply(self.model, plan, example)
@@ -248,6 +255,7 @@ class Loop:
         cost = S.cost(self.model, self.rec["input_size"])
         self.rec["baseline"] = {"val": acc, **cost}
         self.rec["train_pass_images"] = self.train.pass_images  # stored: never counted again on resume
+        self.rec["final_pass_images"] = self.train_final.pass_images
         self._event("baseline", timing={"wall_s": round(time.perf_counter() - t, 4)}, val=acc, layers=names,
                     train_images_per_epoch=self.train.pass_images, **cost)
         self.pos = {"stage": "steps" if self.cfg.ratio > 0 else "final", "step": 0, "chunk": 0, "pass_index": 0}
@@ -307,7 +315,7 @@ def prune_finetune(model: nn.Module, criterion: str, ratio: float, layers="all",
     ``layers``: a protocol name for ``pruning.prunable_layers`` or a list of conv
     names.  ``p``/``q``: fine-tuning epochs after each layer / at the end
     (fractions allowed).  Any other :class:`LoopConfig` field (``order``,
-    ``one_shot``, ``data_fraction``, ``classes``, ``score_images``, ``lr``,
+    ``one_shot``, ``data_fraction``, ``final_data_fraction``, ``classes``, ``score_images``, ``lr``,
     ``batch_size``, ``seed``...) is accepted as a keyword.  ``options``:
     :class:`RunOptions` (device, amp, progress...).  ``meta``: JSON-able
     description of the experiment (model name, data...) stored in

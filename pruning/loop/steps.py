@@ -99,9 +99,9 @@ def _select(loop, scores: dict) -> dict:
 
 
 # ------------------------------------------------------------------ fine-tuning phases
-def _chunks(loop, epochs: float) -> list[int]:
+def _chunks(loop, epochs: float, stream=None) -> list[int]:
     """Image budgets of the chunks of a phase of ``epochs`` epochs (each at most one epoch)."""
-    n = loop.train.pass_images
+    n = (stream or loop.train).pass_images
     total = round(epochs * n)
     out = []
     while total > 0:
@@ -110,14 +110,14 @@ def _chunks(loop, epochs: float) -> list[int]:
     return out
 
 
-def _train(loop, budget: int, lr_fn, images_before: int, desc: str):
+def _train(loop, budget: int, lr_fn, images_before: int, desc: str, stream=None):
     cfg = loop.cfg
     bar = None
     if loop.opts.progress and loop.main:
         from tqdm.auto import tqdm
         bar = tqdm(total=budget, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-    stats = train_chunk(loop.model, loop.train, loop.pos["pass_index"], budget, loop.optimizer, loop.runtime,
-                        cfg.accum_steps, lr_fn, images_before, bar)
+    stats = train_chunk(loop.model, stream or loop.train, loop.pos["pass_index"], budget, loop.optimizer,
+                        loop.runtime, cfg.accum_steps, lr_fn, images_before, bar)
     if bar is not None:
         bar.close()
     loop.pos["pass_index"] += 1
@@ -207,9 +207,10 @@ def run_step(loop, i: int, names: list[str], p: float) -> None:
 def run_final(loop) -> None:
     """Final fine-tune of ``q`` epochs with val top-1/top-5 after every epoch."""
     cfg = loop.cfg
-    chunks = _chunks(loop, cfg.q)
+    stream = loop.train_final
+    chunks = _chunks(loop, cfg.q, stream)
     total = sum(chunks)
-    n = loop.train.pass_images
+    n = stream.pass_images
     base_lr = cfg.effective_final_lr
 
     def lr_fn(t):
@@ -219,7 +220,7 @@ def run_final(loop) -> None:
         _new_optimizer(loop, base_lr)
     for j in range(loop.pos["chunk"], len(chunks)):
         before_imgs = sum(chunks[:j])
-        stats = _train(loop, chunks[j], lr_fn, before_imgs, f"final epoch {j + 1}/{len(chunks)}")
+        stats = _train(loop, chunks[j], lr_fn, before_imgs, f"final epoch {j + 1}/{len(chunks)}", stream)
         acc = loop._val()
         epoch = min(float(j + 1), cfg.q)
         row = {"epoch": epoch, "images": stats.images, "images_total": before_imgs + stats.images,
@@ -274,6 +275,7 @@ def finish(loop) -> dict:
         "finetune_steps": sum(s["finetune_images"] for s in steps),
         "finetune_final": sum(r["images"] for r in rows),
         "train_images_per_epoch": loop.train.pass_images,
+        "final_images_per_epoch": loop.train_final.pass_images,
     }
     images["finetune_total"] = images["finetune_steps"] + images["finetune_final"]
     return {
