@@ -171,3 +171,17 @@ def test_cuda_code_path_logic_on_cpu():
     b = evaluate(model, DataStream(ds, 8, shuffle=False), plain)
     assert a["images"] == b["images"] == 32
     assert abs(a["loss"] - b["loss"]) < 0.05 * max(1.0, b["loss"])  # bf16 vs fp32: close, not equal
+
+
+@pytest.mark.gpu
+def test_loop_on_cuda_with_bf16_and_channels_last(tmp_path):
+    from pruning.loop import RunOptions, make_model, prune_finetune
+    from pruning.loop.synthetic import synthetic_splits
+    train, val, test = synthetic_splits(4, 16, 4, 4, size=32)
+    model = make_model("tinyvgg", 4, seed=0)
+    s = prune_finetune(model, "mean_activation", 0.5, "all", train, val, test, p=0.5, q=2, batch_size=16,
+                       out_dir=tmp_path / "run", options=RunOptions(device="cuda", progress=False))
+    assert s["device"].startswith("cuda:") and len(s["steps"]) == 4
+    assert next(model.parameters()).is_cuda
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(math.isfinite(r["train_loss"]) for r in s["final"]["epochs"]) and s["test"]["images"] == 16
