@@ -23,3 +23,4 @@ __all__ = [
     "list_criteria", "load_pruned", "measure_latency", "prunable_layers", "read_plan", "register",
     "resolve_layers", "save_pruned", "score_filters", "score_filters_multi", "select_filters",
 ]
+from .loop import prune_finetune  # noqa: E402,F401
