@@ -21,9 +21,9 @@ them: last to first**:
 The *observation site* of a conv (:func:`resolve_layers`) is the feature map its filters produce after its
 BatchNorm and activation when they follow it, found by ``torch.fx`` tracing: conv -> (BatchNorm2d, if the
 conv's only user) -> (activation, if the BN's/conv's only user).  The hook is placed on the activation
-module when that module is called exactly once in the network; a shared module (ResNet's single
-``relu`` used three times per block) is not hooked: the hook sits on the BN and applies the activation's
-functional form (never in place).  Without an fx trace, the BN is found by module order and the
+module when that module is called exactly once in the network.  A shared module (ResNet's single
+``relu`` used three times per block) is hooked too, and a hook on the BN marks its output so that only
+the call whose input is that very tensor is observed (no extra activation pass).  Without an fx trace, the BN is found by module order and the
 activation is not applied (logged as a warning).
 """
 from __future__ import annotations
@@ -63,7 +63,10 @@ class LayerRef:
     """A target conv and where its output is observed.
 
     ``hook_module`` is the module whose forward output is (after ``post``, when not None) the feature map
-    ``[N, C_out, H, W]`` the filters produce after BN and activation.  ``bn`` is the BatchNorm2d directly
+    ``[N, C_out, H, W]`` the filters produce after BN and activation; zeroing that output is what removing
+    the filters does to the network.  ``shared_act``: when the activation is a module called elsewhere
+    too (ResNet's ``relu``), ``hook_module`` is the BN and the map is the output of the ``shared_act``
+    call whose input is the BN's output (``post`` is then None).  ``bn`` is the BatchNorm2d directly
     consuming the conv's output, if any.
     """
 
@@ -74,6 +77,7 @@ class LayerRef:
     hook_name: str
     hook_module: nn.Module
     post: Optional[Callable[[torch.Tensor], torch.Tensor]]
+    shared_act: Optional[nn.Module] = None
 
     @property
     def num_filters(self) -> int:
@@ -100,15 +104,15 @@ def _sites_fx(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
         user = _sole_user(node)
         if user is not None and user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
             bn_name, last = user.target, user
-        act_node, post, hook = _sole_user(last), None, last.target
+        act_node, post, hook, shared = _sole_user(last), None, last.target, None
         if act_node is not None and act_node.op == "call_module" and type(modules[act_node.target]) in _ACT_MODULES:
             if calls[act_node.target] == 1:
                 hook = act_node.target
             else:
-                post = _ACT_MODULES[type(modules[act_node.target])](modules[act_node.target])
+                shared = act_node.target
         elif act_node is not None and act_node.op == "call_function" and act_node.target in _ACT_FUNCTIONS:
             post = _ACT_FUNCTIONS[act_node.target]
-        sites[node.target] = (bn_name, hook, post)
+        sites[node.target] = (bn_name, hook, post, shared)
     return sites
 
 
@@ -119,9 +123,9 @@ def _sites_by_order(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
         if name in names:
             nxt = items[i + 1] if i + 1 < len(items) else None
             if nxt is not None and isinstance(nxt[1], nn.BatchNorm2d) and nxt[1].num_features == module.out_channels:
-                sites[name] = (nxt[0], nxt[0], None)
+                sites[name] = (nxt[0], nxt[0], None, None)
             else:
-                sites[name] = (None, name, None)
+                sites[name] = (None, name, None, None)
     return sites
 
 
@@ -144,19 +148,20 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> List[LayerRef]:
         sites = _sites_by_order(model, names)
     refs = []
     for name in names:
-        bn_name, hook, post = sites[name]
+        bn_name, hook, post, shared = sites[name]
         refs.append(LayerRef(name=name, conv=modules[name], bn_name=bn_name,
                              bn=modules[bn_name] if bn_name else None, hook_name=hook,
-                             hook_module=modules[hook], post=post))
+                             hook_module=modules[hook], post=post,
+                             shared_act=modules[shared] if shared else None))
     return refs
 
 
 def _blocks(model: nn.Module) -> List[tuple]:
-    """(name, module) of residual blocks: modules with Conv2d attributes conv1 and conv2 (torchvision's
-    BasicBlock / Bottleneck, or any block following that convention)."""
+    """(name, module) of residual blocks: modules with Conv2d attributes conv1 and conv2 and a BatchNorm
+    ``bn1`` (torchvision's BasicBlock / Bottleneck, or any block following that convention)."""
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(getattr(m, "conv1", None), nn.Conv2d) and isinstance(getattr(m, "conv2", None), nn.Conv2d)
-            and n]
+            if n and isinstance(getattr(m, "conv1", None), nn.Conv2d) and isinstance(getattr(m, "conv2", None), nn.Conv2d)
+            and isinstance(getattr(m, "bn1", None), nn.BatchNorm2d)]
 
 
 def prunable_layers(model: nn.Module, protocol: str = "all", example_input: torch.Tensor | None = None) -> List[str]:

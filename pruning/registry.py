@@ -1,20 +1,19 @@
 """The criterion registry: every filter-importance criterion is a small callable registered by name.
 
-A criterion returns one score per output filter of a convolution, as a 1-D tensor; **higher = keep**.
-What it receives depends on what it *needs* (``Criterion.needs``); :mod:`pruning.score` collects that
-once for all target layers and all requested criteria:
+A criterion is ``fn(layer: LayerRef, stats, options: dict, seed: int) -> Tensor``: one score per output
+filter of the conv ``layer``, as a 1-D tensor; **higher = keep**.  ``stats`` is what the criterion
+*needs* (``Criterion.needs``), collected once by :mod:`pruning.score` for all target layers and all
+requested criteria of that kind:
 
 ``"weights"``
-    ``fn(layer: LayerRef, options) -> Tensor``: only the layer's parameters (conv, following BatchNorm).
+    nothing (``stats`` is None): the layer's parameters (conv, following BatchNorm) are on ``layer``.
 ``"activations"``
-    ``fn(stats: ActivationStats, options) -> Tensor``: statistics of the feature map the filter produces,
-    taken after its BatchNorm and activation when they follow it (:mod:`pruning.stats`).
-``"per_image_grad"``
-    ``fn(stats: GradientStats, options) -> Tensor``: per-image gradient statistics (:mod:`pruning.gradients`).
-``"batch_grad"``
-    ``fn(stats: GradientStats, options) -> Tensor``: per-batch gradient statistics.
+    an ``ActivationStats`` of the feature map the filter produces, after its BatchNorm and activation
+    when they follow it (:mod:`pruning.stats`; one forward pass for all activation criteria).
+``"per_image_grad"`` / ``"batch_grad"``
+    a ``GradientStats`` (:mod:`pruning.gradients`): per-image or per-batch loss gradients.
 ``"masks"``
-    ``fn(stats: EnsembleStats, options) -> Tensor``: losses of randomly masked networks (:mod:`pruning.criteria.ensemble`).
+    an ``EnsembleStats``: losses of randomly masked networks (:mod:`pruning.criteria.ensemble`).
 
 The registry refuses duplicate names, and an unknown name raises a ``KeyError`` that lists what exists.
 """

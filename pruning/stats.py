@@ -39,6 +39,7 @@ class ActivationStats:
         self.sum_mean = None
         self.nonzero = None
         self.lo = self.hi = None
+        self._span = self._offset = None
         self.hist: Dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -64,12 +65,13 @@ class ActivationStats:
         self.nonzero += nonzero
         self.num_images += batch
         if self.bins:
-            span = self.hi - self.lo
-            span = torch.where(span > 0, span, torch.ones_like(span))
-            offset = torch.arange(channels, device=a.device)
+            if self._span is None:
+                span = self.hi - self.lo
+                self._span = torch.where(span > 0, span, torch.ones_like(span))
+                self._offset = torch.arange(channels, device=a.device)
             for b in self.bins:
-                j = torch.floor((s - self.lo) / span * b).clamp_(0, b - 1).long()
-                flat = (j + offset * b).reshape(-1)
+                j = torch.floor((s - self.lo) / self._span * b).clamp_(0, b - 1).long()
+                flat = (j + self._offset * b).reshape(-1)
                 self.hist[b] += torch.bincount(flat, minlength=channels * b).view(channels, b)
 
     def _check(self) -> None:
@@ -108,10 +110,33 @@ class _Hook:
         self.stats.update(a.detach())
 
 
+class _SharedActHook:
+    """Hooks for a conv whose activation module is shared: the BN hook marks its output tensor, the
+    activation hook observes only the call whose input is that tensor (object identity)."""
+
+    def __init__(self, stats: ActivationStats):
+        self.stats, self.pending = stats, None
+
+    def mark(self, module, inputs, output):
+        self.pending = output
+
+    def __call__(self, module, inputs, output):
+        if self.pending is not None and inputs and inputs[0] is self.pending:
+            self.pending = None
+            self.stats.update(output.detach())
+
+
 @contextlib.contextmanager
 def hooks(refs: Sequence[LayerRef], stats: Dict[str, ActivationStats]) -> Iterator[None]:
-    """Register one observation hook per layer for the duration of the block."""
-    handles = [ref.hook_module.register_forward_hook(_Hook(ref, stats[ref.name])) for ref in refs]
+    """Register the observation hooks of every layer for the duration of the block."""
+    handles = []
+    for ref in refs:
+        if ref.shared_act is None:
+            handles.append(ref.hook_module.register_forward_hook(_Hook(ref, stats[ref.name])))
+        else:
+            hook = _SharedActHook(stats[ref.name])
+            handles.append(ref.hook_module.register_forward_hook(hook.mark))
+            handles.append(ref.shared_act.register_forward_hook(hook))
     try:
         yield
     finally:

@@ -142,6 +142,9 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
     convs = _check_plan(model, plan)
     if example_input is None:
         example_input = default_example_input(model)
+    elif isinstance(example_input, torch.Tensor) and example_input.is_floating_point():
+        param = next(model.parameters())  # only the shape matters: follow the model's device and dtype
+        example_input = example_input.to(device=param.device, dtype=param.dtype)
     graph = build_graph(model, example_input)
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}

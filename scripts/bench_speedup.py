@@ -5,8 +5,9 @@
                                     [--ratios 0.25 0.5 0.75] [--batch-sizes 1 16] [--size 224]
                                     [--warmup 1] [--repeat 3] [--round-to 1] [--device cpu] [--json OUT]
 
-For each ``arch:protocol`` config, the unpruned model (random init, eval) is the baseline measured in
-the same run; each ratio prunes that fraction of the filters of every protocol layer (``l1`` scores,
+For each ``arch:protocol`` config, the unpruned model (random init, eval) is the baseline, measured in
+the same run interleaved with each pruned model (base, pruned, base, pruned, ...: load from other
+processes on a shared machine hits both alike; measured speedup = median of the per-run ratios); each ratio prunes that fraction of the filters of every protocol layer (``l1`` scores,
 ``select_filters(ratio, round_to)``, ``apply_plan``).  Per row: params, MACs (pruning.count_cost, per
 image), the MAC-predicted speedup ``macs_base / macs``, the measured speedup ``median_base / median``
 (pruning.measure_latency: warm-up, inference_mode, median of --repeat) at each batch size, and
@@ -20,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -37,27 +39,37 @@ def _prune(model, protocol: str, ratio: float, round_to: int):
     return model
 
 
+def _interleaved(base, model, size, bs, device, warmup: int, repeat: int):
+    """Median ms of ``base`` and ``model`` and the median per-repeat ratio base/model; runs alternate
+    (base, model, base, model, ...) so that load from other processes hits both alike."""
+    for m in (base, model):
+        pruning.measure_latency(m, size, bs, device, warmup=warmup, repeats=1)
+    t_base, t_model = [], []
+    for _ in range(repeat):
+        t_base.append(pruning.measure_latency(base, size, bs, device, warmup=0, repeats=1)["median_ms"])
+        t_model.append(pruning.measure_latency(model, size, bs, device, warmup=0, repeats=1)["median_ms"])
+    ratio = statistics.median(b / m for b, m in zip(t_base, t_model))
+    return statistics.median(t_base), statistics.median(t_model), ratio
+
+
 def bench_config(arch: str, protocol: str, args, device: torch.device):
     torch.manual_seed(0)
     base = getattr(torchvision.models, arch)().eval().to(device)
     size = (3, args.size, args.size)
-    rows, baseline = [], {}
-    for ratio in [0.0] + list(args.ratios):
+    base_cost = pruning.count_cost(base, size)
+    rows = []
+    for ratio in args.ratios:
         row = {"model": arch, "protocol": protocol, "ratio": ratio, "round_to": args.round_to,
-               "device": pruning.cost.device_name(device), "dtype": "float32", "size": args.size}
+               "device": pruning.cost.device_name(device), "dtype": "float32", "size": args.size,
+               "base_params": base_cost["params"], "base_macs": base_cost["macs"]}
         try:
             model = _prune(base, protocol, ratio, args.round_to)
             cost = pruning.count_cost(model, size)
-            row.update(params=cost["params"], macs=cost["macs"])
+            row.update(params=cost["params"], macs=cost["macs"], predicted=base_cost["macs"] / cost["macs"])
             for bs in args.batch_sizes:
-                lat = pruning.measure_latency(model, size, bs, device, warmup=args.warmup, repeats=args.repeat)
-                row[f"ms_b{bs}"] = lat["median_ms"]
-            if ratio == 0.0:
-                baseline = dict(row)
-            row["predicted"] = baseline["macs"] / row["macs"]
-            for bs in args.batch_sizes:
-                row[f"measured_b{bs}"] = baseline[f"ms_b{bs}"] / row[f"ms_b{bs}"]
-                row[f"efficiency_b{bs}"] = row[f"measured_b{bs}"] / row["predicted"]
+                t_base, t_model, measured = _interleaved(base, model, size, bs, device, args.warmup, args.repeat)
+                row.update({f"base_ms_b{bs}": t_base, f"ms_b{bs}": t_model, f"measured_b{bs}": measured,
+                            f"efficiency_b{bs}": measured / row["predicted"]})
             if device.type == "cuda" and args.gpu_extra:
                 for rt in (1, 8):
                     m = _prune(base, protocol, ratio, rt)
@@ -72,12 +84,13 @@ def bench_config(arch: str, protocol: str, args, device: torch.device):
 
 
 def _format(r, batch_sizes) -> str:
-    if "error" in r and "predicted" not in r:
+    if "error" in r:
         return f"{r['model']:9} {r['protocol']:12} {r['ratio']:5.2f}  FAILED {r['error']}"
-    parts = [f"{r['model']:9} {r['protocol']:12} {r['ratio']:5.2f} {r['params'] / 1e6:8.2f}M {r['macs'] / 1e9:7.3f}G "
-             f"{r['predicted']:6.2f}x"]
+    parts = [f"{r['model']:9} {r['protocol']:12} {r['ratio']:5.2f} {r['params'] / 1e6:7.2f}M/{r['base_params'] / 1e6:.2f}M "
+             f"{r['macs'] / 1e9:6.3f}G/{r['base_macs'] / 1e9:.3f}G {r['predicted']:5.2f}x"]
     for bs in batch_sizes:
-        parts.append(f"b{bs}: {r[f'ms_b{bs}']:8.1f}ms {r[f'measured_b{bs}']:5.2f}x ({r[f'efficiency_b{bs}']:4.2f})")
+        parts.append(f"b{bs}: {r[f'ms_b{bs}']:8.1f}/{r[f'base_ms_b{bs}']:8.1f}ms {r[f'measured_b{bs}']:5.2f}x "
+                     f"({r[f'efficiency_b{bs}']:4.2f})")
     for key in sorted(k for k in r if k.startswith("img_s_")):
         parts.append(f"{key}={r[key]:.0f}")
     return "  ".join(parts)
@@ -102,7 +115,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads or os.cpu_count())
     print(f"threads={torch.get_num_threads()} device={pruning.cost.device_name(device)} input=3x{args.size}x{args.size}"
           f" median of {args.repeat} after {args.warmup} warm-up; load average {os.getloadavg()[0]:.1f}; columns: model protocol ratio params MACs/img "
-          "predicted | per batch size: median ms, measured speedup (measured/predicted)", flush=True)
+          "predicted | per batch size: median ms pruned/unpruned, measured speedup (measured/predicted)", flush=True)
     rows = []
     for config in args.configs:
         arch, _, protocol = config.partition(":")

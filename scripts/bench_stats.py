@@ -14,7 +14,9 @@ batches of Gaussian images, times (median of --repeat runs, after one warm-up ru
   batch grads   : taylor + sensitivity_batch (pruning.gradients.collect_batch)
   per-image     : sensitivity, per-image gradients via torch.func.vmap (pruning.gradients.collect_per_image)
 
-and prints ms per batch and the ratio to its baseline (target for activations: <= 1.3x forward).
+and prints ms per batch, its baseline's, and the median of the per-run ratios (each measurement is
+interleaved with its baseline so that other processes' load hits both alike; target for activations:
+<= 1.3x forward).
 """
 from __future__ import annotations
 
@@ -38,16 +40,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, repeat: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
+def _once(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _time_pair(fn, base, repeat: int, device: torch.device):
+    """Median time of ``fn`` and of ``base``, and the median of the per-repeat ratios fn/base.  The two
+    are interleaved (base, fn, base, fn, ...) after one warm-up each, so that load from other processes
+    on a shared machine hits both alike."""
+    fn(), base()
+    t_fn, t_base = [], []
     for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        t_base.append(_once(base, device))
+        t_fn.append(_once(fn, device))
+    ratios = [a / b for a, b in zip(t_fn, t_base)]
+    return statistics.median(t_fn), statistics.median(t_base), statistics.median(ratios)
 
 
 def bench_model(arch: str, size: int, batch_size: int, num_batches: int, repeat: int, device: torch.device):
@@ -79,23 +90,21 @@ def bench_model(arch: str, size: int, batch_size: int, num_batches: int, repeat:
         gradients.collect_per_image(model, refs, data)
 
     rows = []
-    for name, fn, base in [("forward", forward, None), ("activations", activations, "forward"),
-                           ("train step", train_step, None), ("batch grads", batch_grads, "train step"),
-                           ("per-image", per_image, "train step")]:
-        row = {"model": arch, "what": name, "size": size, "batch_size": batch_size, "batches": num_batches,
-               "layers": len(refs), "device": device_name(device), "dtype": "float32"}
+    for name, fn, base_name, base in [("activations", activations, "forward", forward),
+                                      ("batch grads", batch_grads, "train step", train_step),
+                                      ("per-image", per_image, "train step", train_step)]:
+        row = {"model": arch, "what": name, "baseline": base_name, "size": size, "batch_size": batch_size,
+               "batches": num_batches, "layers": len(refs), "device": device_name(device), "dtype": "float32",
+               "repeat": repeat}
         try:
-            row["ms_per_batch"] = _time(fn, repeat, device) * 1e3 / num_batches
-            row["baseline"] = base
+            t_fn, t_base, ratio = _time_pair(fn, base, repeat, device)
+            row.update(ms_per_batch=t_fn * 1e3 / num_batches, baseline_ms_per_batch=t_base * 1e3 / num_batches,
+                       ratio=ratio)
         except Exception as exc:  # record the failure in the row and carry on
             row["error"] = f"{type(exc).__name__}: {exc}"
         rows.append(row)
-        print(f"  {arch} {name}: {row.get('ms_per_batch', float('nan')):.1f} ms/batch {row.get('error', '')}",
-              file=sys.stderr, flush=True)
-    by_name = {r["what"]: r for r in rows}
-    for r in rows:
-        if r.get("baseline") and "ms_per_batch" in by_name[r["baseline"]]:
-            r["ratio"] = r["ms_per_batch"] / by_name[r["baseline"]]["ms_per_batch"]
+        print(f"  {arch} {name}: {row.get('ms_per_batch', float('nan')):.1f} ms/batch vs {base_name} "
+              f"{row.get('baseline_ms_per_batch', float('nan')):.1f} {row.get('error', '')}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -116,13 +125,15 @@ def main(argv=None) -> int:
     rows = []
     for arch in args.models:
         rows += bench_model(arch, args.size, args.batch_size, args.batches, args.repeat, device)
-    print(f"{'model':10} {'what':12} {'ms/batch':>10} {'ratio':>7}  baseline   (device: {rows[0]['device']}, "
-          f"{args.batch_size}x3x{args.size}x{args.size}, median of {args.repeat}, load average "
-          f"{os.getloadavg()[0]:.1f} at the end)")
+    print(f"{'model':10} {'what':12} {'ms/batch':>9} {'baseline':>10} {'ms/batch':>9} {'ratio':>7}  (device: "
+          f"{rows[0]['device']}, {args.batch_size}x3x{args.size}x{args.size}, {args.batches} batches, medians of "
+          f"{args.repeat} interleaved runs, load average {os.getloadavg()[0]:.1f} at the end)")
     for r in rows:
-        ms = f"{r['ms_per_batch']:10.1f}" if "ms_per_batch" in r else f"{'FAILED':>10}"
-        ratio = f"{r['ratio']:6.2f}x" if "ratio" in r else " " * 7
-        print(f"{r['model']:10} {r['what']:12} {ms} {ratio}  {r.get('baseline') or ''} {r.get('error', '')}")
+        if "error" in r:
+            print(f"{r['model']:10} {r['what']:12} FAILED {r['error']}")
+            continue
+        print(f"{r['model']:10} {r['what']:12} {r['ms_per_batch']:9.1f} {r['baseline']:>10} "
+              f"{r['baseline_ms_per_batch']:9.1f} {r['ratio']:6.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
