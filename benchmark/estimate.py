@@ -3,11 +3,13 @@
 Per cell (``N`` = train images of its class set x ``data_fraction``; ``L`` = target layers,
 1 in one-shot mode; ``V``/``T`` = val/test images):
 
-* trained images = ``L * p * N + q * N + L * score`` (scoring counted as training images: the
-  gradient criteria need a backward pass; ``score`` = ``score_images`` or a full pass ``N``)
+* trained images = ``L * p * N + q * F + L * score`` (``F`` = train images x
+  ``final_data_fraction``; scoring counted as training images: the gradient criteria need a
+  backward pass; ``score`` = ``score_images`` or a full pass of the train split, 0 for criteria
+  computed from the weights alone such as l1 and random)
 * evaluated images = ``V * (1 + 2 L + ceil(q)) + T`` (baseline, damage and recovery per step,
   one per final epoch, test once)
-* scratch/reduced cells: ``q * N`` trained, ``V * (1 + ceil(q)) + T`` evaluated.
+* scratch/reduced cells: ``q * F`` trained, ``V * (1 + ceil(q)) + T`` evaluated.
 
 A starting model the runner trains (``weights = "pretrain"`` or ``init = "scratch"``) adds
 ``epochs * N`` trained images once per class set.  GPU-hours = trained / ``train_ips`` +
@@ -41,6 +43,11 @@ def n_layers(model: str, layers: str) -> int:
     return len(pruning.prunable_layers(make_model(model, 10), layers))
 
 
+def _needs(criterion: str) -> str:
+    import pruning
+    return pruning.get_criterion(criterion).needs
+
+
 def _sizes(cfg: ExperimentConfig, class_set: str, sizes: dict) -> tuple[int, int, int]:
     path = str(cfg.data.get(class_set, class_set))
     for name, s in sizes.items():
@@ -61,17 +68,20 @@ def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_i
         lc = c.loop_config
         n_tr, n_val, n_te = _sizes(cfg, c.class_set, sizes)
         n = n_tr * lc.data_fraction
+        f = n_tr * lc.effective_final_data_fraction
         if c.kind != "prune":
-            train += lc.q * n
+            train += lc.q * f
             evals += n_val * (1 + math.ceil(lc.q)) + n_te
             continue
         steps = 0
         if lc.ratio > 0:
             layers = lc.layers if isinstance(lc.layers, str) else None
             steps = 1 if lc.one_shot else (n_layers(c.model, layers) if layers else len(lc.layers))
-        score = lc.score_images if lc.score_images is not None else n
+        score = lc.score_images if lc.score_images is not None else n_tr
+        if c.criterion in ("none",) or _needs(c.criterion) == "weights":
+            score = 0  # l1, random, ...: scored from the weights alone
         p = 0.0 if lc.one_shot else lc.p
-        train += steps * p * n + lc.q * n + steps * score
+        train += steps * p * n + lc.q * f + steps * score
         evals += n_val * (1 + 2 * steps + math.ceil(lc.q)) + n_te
         key = c.class_set if c.init == "scratch" else ("full" if cfg.model.get("weights") == "pretrain" else None)
         if key and key not in pretrained:

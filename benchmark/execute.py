@@ -66,16 +66,15 @@ class LabelMap:
         return self.table[int(y)]
 
 
-def normalized_collate(batch):
-    """``imagenet52p.transforms.collate`` then ImageNet mean/std normalisation (float32)."""
-    from imagenet52p import transforms as T
-    x, y = T.collate(batch)
-    return T.normalize(x), y
-
-
-def open_split(cfg: ExperimentConfig, build: Path, split: str, train: bool, batch: int, seed: int,
+def open_split(cfg: ExperimentConfig, build: Path, split: str, role: str, batch: int, seed: int,
                env: CellEnv, target_map=None):
-    """A DataLoader of ``(float images, labels)`` over one split of a build."""
+    """A DataLoader of ``(uint8 images, labels[, meta])`` over one split of a build, for ``role``:
+
+    ``train``: augmented (random-resized crop + flip), shuffled, batches carry sample keys so
+    ``data_fraction`` selects a fixed subset by key; workers are not persistent, so each pass's
+    workers seed from the checkpointed RNG and resuming stays exact.  ``score``: the train split with
+    the eval transform, shuffled, read whole by every rank (as ``imagenet52p prune`` does).
+    ``val``/``test``: eval transform, in order.  The engine normalises batches on the device."""
     from torch.utils.data import DataLoader
 
     from imagenet52p import ImageNet52P
@@ -83,12 +82,19 @@ def open_split(cfg: ExperimentConfig, build: Path, split: str, train: bool, batc
 
     o = cfg.data_options
     size, resize = int(o.get("image_size", 224)), int(o.get("resize", 256))
-    tf = (T.train(size, scale=(float(o.get("train_scale_min", 0.08)), 1.0)) if train else T.eval(size, resize))
-    ds = ImageNet52P(build, split, transform=tf, target_transform=target_map, shuffle=train, seed=seed,
-                     batch_size=batch)
+    tf = (T.train(size, scale=(float(o.get("train_scale_min", 0.08)), 1.0)) if role == "train"
+          else T.eval(size, resize))
+    share = dict(rank=0, world_size=1) if role == "score" else {}
+    ds = ImageNet52P(build, split, transform=tf, target_transform=target_map, shuffle=role in ("train", "score"),
+                     seed=seed, batch_size=batch, with_meta=role == "train", **share)
     workers = env.num_workers if env.num_workers is not None else int(o.get("num_workers", 0))
-    return DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=normalized_collate,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=T.collate,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and role in ("val", "test"))
+
+
+def _normalize():
+    from imagenet52p import transforms as T
+    return T.Normalize()
 
 
 def _classes(build: Path):
@@ -125,10 +131,11 @@ def _pretrain_weights(cfg: ExperimentConfig, env: CellEnv, class_set: str, n_cla
             build = cfg.build_path(class_set, env.data_root, env.data)
             log.info("pretraining %s on %s for %s epochs -> %s", cfg.model.get("name"), class_set, lc.q, out)
             model = make_model(cfg.model["name"], n_classes, seed=seed)
-            train = open_split(cfg, build, "train", True, lc.batch_size, seed, env)
-            val = open_split(cfg, build, "val", False, lc.batch_size, seed, env)
+            train = open_split(cfg, build, "train", "train", lc.batch_size, seed, env)
+            val = open_split(cfg, build, "val", "val", lc.batch_size, seed, env)
             run_loop(model, lc, train, val, None, out_dir=out, resume=True, options=_opts(env),
-                     meta={"pretrain": ident}, train_pass_images=train.dataset.num_samples)
+                     meta={"pretrain": ident}, train_pass_images=train.dataset.num_samples,
+                     batch_transform=_normalize())
     return out / "model"
 
 
@@ -211,10 +218,12 @@ def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: Ce
     factory, model, target_map = _start_model(cfg, cell, env)
     build = cfg.build_path(cell.class_set, env.data_root, env.data)
     bs = lc.batch_size // lc.accum_steps
-    train = open_split(cfg, build, "train", True, bs, lc.seed, env, target_map)
-    val = open_split(cfg, build, "val", False, bs, lc.seed, env, target_map)
+    train = open_split(cfg, build, "train", "train", bs, lc.seed, env, target_map)
+    score = open_split(cfg, build, "train", "score", bs, lc.seed, env, target_map)
+    val = open_split(cfg, build, "val", "val", bs, lc.seed, env, target_map)
     splits = json.loads((build / "manifest.json").read_text())["splits"]
-    test = open_split(cfg, build, "test", False, bs, lc.seed, env, target_map) if "test" in splits else None
+    has_test = splits.get("test", {}).get("num_samples")
+    test = open_split(cfg, build, "test", "test", bs, lc.seed, env, target_map) if has_test else None
     size = int(cfg.data_options.get("image_size", 224))
     example = torch.zeros(1, 3, size, size)
     extra = {}
@@ -223,8 +232,9 @@ def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: Ce
         extra = {"params_full": int(full_cost["params"]), "macs_full": int(full_cost["macs"])}
         model = _reduce(model, cell, example)
         lc = LoopConfig.from_dict({**lc.to_dict(), "ratio": 0.0, "criterion": "none", "layers": "all"})
-    summary = run_loop(model, lc, train, val, test, out_dir=run_dir, resume=True, options=_opts(env),
-                       meta={"cell": cell.id, "cell_hash": cell.hash}, train_pass_images=train.dataset.num_samples)
+    summary = run_loop(model, lc, train, val, test, score, out_dir=run_dir, resume=True, options=_opts(env),
+                       meta={"cell": cell.id, "cell_hash": cell.hash}, train_pass_images=train.dataset.num_samples,
+                       batch_transform=_normalize())
     from pruning.loop.data import dist_info
     if dist_info()[0] == 0 and (run_dir / "summary.json").is_file() and not (run_dir / BENCH_FILE).is_file():
         _write_bench(run_dir, factory, summary, cell, cfg, env, extra, example)

@@ -10,6 +10,8 @@ when the runner trains the starting model, and the data options that change
 numbers (image size, resize).  Machine-specific things (build paths, device,
 workers) are not part of it, so the same config gives the same ids everywhere.
 
+LoopConfig fields equal to their default are left out of the identity (see :func:`identity_loop`).
+
 Resolution order for every field: built-in default < ``[base]`` < the scalars of
 a ``[[grid]]`` table < that table's list axes.  Axes are expanded as a Cartesian
 product in the order the keys appear; cells with identical identity are merged.
@@ -17,6 +19,7 @@ product in the order the keys appear; cells with identical identity are merged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -50,11 +53,13 @@ class Cell:
 
     @property
     def loop_config(self) -> LoopConfig:
-        return LoopConfig.from_dict(self.loop_dict)
+        return LoopConfig.from_dict({k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop})
 
     @property
     def loop_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop}
+        """Every LoopConfig field (defaults filled in)."""
+        stored = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop}
+        return LoopConfig.from_dict(stored).to_dict()
 
     @property
     def criterion(self) -> str:
@@ -73,8 +78,8 @@ class Cell:
         return self.kind == "prune" and self.ratio == 0.0
 
     def identity(self) -> dict:
-        return {"cell": {f: getattr(self, f) for f in CELL_FIELDS}, "loop": self.loop_dict,
-                "context": json.loads(self.context)}
+        loop = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop}
+        return {"cell": {f: getattr(self, f) for f in CELL_FIELDS}, "loop": loop, "context": json.loads(self.context)}
 
     @property
     def hash(self) -> str:
@@ -121,8 +126,23 @@ def _make_cell(cfg: ExperimentConfig, values: dict) -> Cell:
         raise ValueError(f"{cfg.source}: cell {cell_vals} has an invalid loop option: {e}") from None
     weights_used = cell_vals["kind"] == "prune"  # scratch/reduced start from random init
     ctx = _context(cfg, cell_vals["model"], cell_vals["init"], weights_used)
-    return Cell(loop=tuple(sorted((k, _hashable(v)) for k, v in loop.to_dict().items())), context=ctx,
+    return Cell(loop=tuple(sorted((k, _hashable(v)) for k, v in identity_loop(loop).items())), context=ctx,
                 **cell_vals)
+
+
+def loop_defaults() -> dict:
+    """LoopConfig's default value of every field that has one."""
+    return {f.name: f.default for f in dataclasses.fields(LoopConfig) if f.default is not dataclasses.MISSING}
+
+
+def identity_loop(loop: LoopConfig) -> dict:
+    """The loop options in a cell's identity: every field that differs from LoopConfig's default, plus
+    ``criterion``, ``ratio``, ``seed`` and ``version`` always.  Leaving defaults out keeps cell ids (and
+    so finished results) valid when the engine gains an option whose default keeps the old behaviour;
+    a change of meaning bumps LoopConfig's ``version``, which is always included."""
+    defaults = loop_defaults()
+    always = ("criterion", "ratio", "seed", "version")
+    return {k: v for k, v in loop.to_dict().items() if k in always or k not in defaults or v != defaults[k]}
 
 
 def _check_criterion(cfg: ExperimentConfig, name) -> None:

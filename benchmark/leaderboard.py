@@ -58,9 +58,11 @@ def _label(key: str, varying: set[str]) -> str:
     for f in ("init", "head"):
         if f in varying:
             parts.append(f"{f}={d['cell'][f]}")
+    from .grid import loop_defaults
+    defaults = loop_defaults()
     for k in sorted(varying - {"init", "head"}):
-        if k in d["loop"]:
-            parts.append(f"{k}={d['loop'][k]}")
+        if k in d["loop"] or k in defaults:
+            parts.append(f"{k}={d['loop'].get(k, defaults.get(k))}")
     return " / ".join(str(p) for p in parts)
 
 

@@ -4,8 +4,8 @@
   step 0 is the unpruned network.
 * Figure 1b: val top-1 right after removing each layer's filters (damage), per criterion.
 * Figure 1c: val top-1 after every epoch of the final fine-tune (speed of recovery).
-* Figure 1d: the same curve for different ``data_fraction`` values (quantum of data), for tables
-  that differ only in ``data_fraction``.
+* Figure 1d: the same curve for different ``data_fraction``/``final_data_fraction`` values
+  (quantum of data), for tables that differ only in those.
 * Trade-off: test top-1 against MACs (fraction of the unpruned network), per criterion.
 
 Curves are means over seeds (runs of one entry have the same number of steps and epochs).
@@ -110,15 +110,19 @@ def tradeoff(board: dict, table: dict) -> bytes | None:
     return _png(fig)
 
 
+def _quantum(fracs) -> str:
+    steps, final = fracs
+    return f"data {steps:g}" if final is None else f"data {steps:g}, final {final:g}"
+
+
 def figure1d(board: dict) -> list[tuple[str, bytes]]:
     """Quantum of data: final fine-tune curves of tables that differ only in ``data_fraction``."""
     runs = _runs_by_id(board)
     groups: dict[str, list[tuple[float, dict]]] = {}
     for t in board["tables"]:
         d = json.loads(t["key"])
-        frac = d["loop"].pop("data_fraction", None)
-        if frac is not None:
-            groups.setdefault(json.dumps(d, sort_keys=True), []).append((frac, t))
+        fracs = (d["loop"].pop("data_fraction", 1.0), d["loop"].pop("final_data_fraction", None))
+        groups.setdefault(json.dumps(d, sort_keys=True), []).append((fracs, t))
     out = []
     for _, members in sorted(groups.items()):
         if len({f for f, _ in members}) < 2:
@@ -126,7 +130,7 @@ def figure1d(board: dict) -> list[tuple[str, bytes]]:
         ratios = sorted({e["ratio"] for _, t in members for e in t["entries"]})
         fig, axes = plt.subplots(1, len(ratios), figsize=(5 * len(ratios), 4), squeeze=False)
         for ax, ratio in zip(axes[0], ratios):
-            for frac, t in sorted(members, key=lambda m: m[0]):
+            for frac, t in sorted(members, key=lambda m: json.dumps(m[0])):
                 for e in t["entries"]:
                     if e["ratio"] != ratio or e["n"] == 0:
                         continue
@@ -135,14 +139,14 @@ def figure1d(board: dict) -> list[tuple[str, bytes]]:
                     if ep:
                         xs = [x["epoch"] for x in rs[0]["epochs"]][:len(ep)]
                         ax.plot(xs, [100 * v for v in ep], marker="o",
-                                label=f"{e['criterion']}, data {frac:g}",
+                                label=f"{e['criterion']}, {_quantum(frac)}",
                                 linestyle="--" if e["criterion"] == "random" else "-")
             ax.set_title(f"(1d) quantum of data — {100 * ratio:g}% removed", fontsize=10)
             ax.set_xlabel("final fine-tune epoch")
             ax.set_ylabel("val top-1 (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        label = members[0][1]["label"].split(" / data_fraction")[0]
+        label = members[0][1]["label"].split(" / data_fraction")[0].split(" / final_data_fraction")[0]
         out.append((f"Figure 1d — {label}", _png(fig)))
     return out
 

@@ -151,24 +151,3 @@ def scan(results_dir: str | Path) -> list[dict]:
         raise FileNotFoundError(f"results folder {root} not found; run `imagenet52p-bench run CONFIG --out {root}`")
     rows = [read_run(p.parent) for p in sorted(root.glob(f"*/{CELL_FILE}"))]
     return sorted(rows, key=lambda r: r["id"])
-
-
-def load_pruned_model(run_dir: str | Path, unpruned):
-    """The run's final model: ``model/plan.json`` replayed on ``unpruned`` (modified in place), then
-    ``model/weights.pt`` loaded (``weights_only=True``).  Returns the model."""
-    import torch
-    from pruning.surgery import apply_plan
-
-    d = Path(run_dir) / "model"
-    plan_p, w_p = d / "plan.json", d / "weights.pt"
-    for p in (plan_p, w_p):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found; the run in {run_dir} is not complete")
-    plan = _read_json(plan_p)
-    plan = plan.get("plan", plan) if isinstance(plan, dict) and "plan" in plan else plan
-    s = _read_json(Path(run_dir) / SUMMARY_FILE)
-    example = torch.zeros(1, *[int(x) for x in s["input_size"]])
-    model = apply_plan(unpruned, {k: [int(i) for i in v] for k, v in plan.items()}, example)
-    state = torch.load(w_p, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("state_dict", state) if "state_dict" in state else state)
-    return model

@@ -149,13 +149,31 @@ def test_estimate_follows_its_formula():
     c = parse_config({"name": "e", "data": {"imagenet52p": "imagenet52p"}, "model": {"name": "tinyvgg"},
                       "base": {"layers": "all", "p": 1.0, "q": 2.0, "data_fraction": 0.5, "score_images": 100,
                                "class_set": "imagenet52p"},
-                      "grid": [{"criterion": ["l1"], "ratio": [0.5]}]}, "e.toml")
+                      "grid": [{"criterion": ["apoz"], "ratio": [0.5]}]}, "e.toml")
     e = estimate(c, train_ips=1000.0, eval_ips=2000.0)
     n = 65_000 * 0.5
-    pruned_train, base_train = 4 * n + 2 * n + 4 * 100, 2 * n  # tinyvgg: 4 convs
+    pruned_train, base_train = 4 * n + 2 * n + 4 * 100, 2 * n  # tinyvgg: 4 convs; apoz scores 100 images
     pruned_eval, base_eval = 2600 * (1 + 8 + 2) + 2600, 2600 * (1 + 2) + 2600
     assert e["cells"] == 2
     assert e["train_images"] == pruned_train + base_train
     assert e["eval_images"] == pruned_eval + base_eval
     assert e["gpu_hours"] == pytest.approx(((pruned_train + base_train) / 1000 + (pruned_eval + base_eval) / 2000)
                                            / 3600)
+    weights_only = parse_config({"name": "e", "data": {"imagenet52p": "imagenet52p"}, "model": {"name": "tinyvgg"},
+                                 "base": {"layers": "all", "p": 1.0, "q": 2.0, "data_fraction": 0.5,
+                                          "final_data_fraction": 0.1, "score_images": 100,
+                                          "class_set": "imagenet52p"},
+                                 "baseline": {"unpruned": False},
+                                 "grid": [{"criterion": ["l1"], "ratio": [0.5]}]}, "e.toml")
+    assert estimate(weights_only)["train_images"] == 4 * n + 2 * 65_000 * 0.1  # l1 needs no scoring data
+
+
+def test_default_loop_options_are_not_part_of_the_identity():
+    from pruning.loop import LoopConfig
+    g = [{"criterion": ["l1"], "ratio": [0.5]}]
+    implicit = expand_grid(cfg(g))
+    explicit = expand_grid(cfg(g, base={"q": LoopConfig.q, "data_fraction": 1.0, "final_data_fraction": None}))
+    assert [c.id for c in implicit] == [c.id for c in explicit]
+    cell = implicit[0]
+    assert set(cell.identity()["loop"]) == {"criterion", "ratio", "seed", "version"}
+    assert cell.loop_dict["q"] == LoopConfig.q  # the full options are still there

@@ -26,6 +26,7 @@ DOC = {
         {"kind": ["scratch", "reduced"], "criterion": "l1", "ratio": [0.5], "class_set": "sub"},
         {"init": ["scratch"], "criterion": ["l1"], "ratio": [0.5], "class_set": "sub"},
         {"head": ["full"], "criterion": ["random"], "ratio": [0.5], "class_set": "sub"},
+        {"criterion": ["l1"], "ratio": [0.5], "class_set": "sub", "data_fraction": [0.5, 1.0]},
     ],
 }
 
@@ -48,7 +49,7 @@ def _summ(results, cell):
 
 def test_every_kind_completes(done):
     cfg, results, counts = done
-    assert counts == {"done": 4, "failed": 0, "partial": 0, "pending": 0}
+    assert counts == {"done": 6, "failed": 0, "partial": 0, "pending": 0}
 
 
 def test_scratch_and_reduced_train_a_thinner_network_from_random_init(done):
@@ -83,6 +84,21 @@ def test_full_head_keeps_every_output(done):
     cfg, results, _ = done
     full = next(c for c in expand_grid(cfg) if c.head == "full")
     restricted = next(c for c in expand_grid(cfg) if c.kind == "prune" and c.init == "scratch")
+    assert full.class_set == restricted.class_set == "sub"
     s_full, s_res = _summ(results, full), _summ(results, restricted)
     # 6 outputs x 64 hidden units + bias vs 3 outputs: the classifier of the full head is larger
     assert s_full["baseline"]["params"] - s_res["baseline"]["params"] == 3 * 64 + 3
+
+
+def test_data_fraction_tables_and_figure_1d(done):
+    from benchmark.plots import figure1d
+    cfg, results, _ = done
+    board = build_leaderboard(results)
+    fr = [t for t in board["tables"] if json.loads(t["key"])["cell"] == {
+        "model": "tinyvgg", "class_set": "sub", "kind": "prune", "init": "pretrained", "head": "restrict"}]
+    assert sorted(t["label"].split("data_fraction=")[1].split(" ")[0] for t in fr) == ["0.5", "1.0"]
+    imgs = {t["label"]: t["entries"][0]["images_finetune"] for t in fr}
+    small, big = sorted(imgs.values())
+    assert small < big  # half the training data is used
+    figs = figure1d(board)
+    assert len(figs) == 1 and figs[0][1].startswith(b"\x89PNG")
