@@ -34,7 +34,7 @@ TINY_SPEC = FakeSpec(train_per_class=8, val_per_class=3, width=40, height=32, se
 TINY_VAL_PER_CLASS = 3
 
 
-def _build(root: Path, out: Path, classes: str, val_per_class: int) -> None:
+def _build(root: Path, out: Path, classes: str, val_per_class: int, progress: bool = True) -> None:
     from imagenet52p.build import BuildConfig, build_dataset
 
     if (out / "manifest.json").is_file():
@@ -42,7 +42,7 @@ def _build(root: Path, out: Path, classes: str, val_per_class: int) -> None:
         return
     t = time.perf_counter()
     build_dataset(BuildConfig(root=root, out=out, classes=classes, val_per_class=val_per_class, seed=0,
-                              shard_size=2000, eval_shard_size=1000, workers=2, progress=True))
+                              shard_size=2000, eval_shard_size=1000, workers=2, progress=progress))
     print(f"  built {out} ({time.perf_counter() - t:.1f}s)")
 
 
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     if not full_list.is_file() or full_list.read_text() != text:
         full_list.write_text(text)
     print("[2/4] build-imagenet52p: the full set (104 classes) and ImageNet-52P (52 classes)")
-    _build(root, data / "demo_full", str(full_list), vpc)
-    _build(root, data / "demo_imagenet52p", "imagenet52p", vpc)
+    _build(root, data / "demo_full", str(full_list), vpc, not a.quiet)
+    _build(root, data / "demo_imagenet52p", "imagenet52p", vpc, not a.quiet)
 
     from benchmark.cli import render
     from benchmark.config import load_config
