@@ -102,3 +102,28 @@ def test_data_fraction_tables_and_figure_1d(done):
     assert small < big  # half the training data is used
     figs = figure1d(board)
     assert len(figs) == 1 and figs[0][1].startswith(b"\x89PNG")
+
+
+@pytest.mark.heavy
+def test_cells_under_torchrun_with_two_processes(tmp_path):
+    """--nproc-per-node 2: every cell runs under torchrun (Gloo on CPU); metrics cover every test image once."""
+    import subprocess
+
+    from test_bench_runs import CONFIG
+
+    data = make_builds(tmp_path)
+    cfg = CONFIG.split("[[grid]]")[0].replace('broken = "no_such_build"\n', "") + \
+        '[[grid]]\ncriterion = ["l1"]\nratio = [0.5]\nseed = [0]\n'
+    (tmp_path / "t.toml").write_text(cfg)
+    res = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", str(tmp_path / "t.toml"), "--out", str(res),
+                           "--data-root", str(data), "--device", "cpu", "--no-progress", "--nproc-per-node", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(res.glob("tinyvgg-*/summary.json"))
+    assert len(runs) == 2
+    for p in runs:
+        s = json.loads(p.read_text())
+        assert s["world_size"] == 2
+        assert s["test"]["images"] == 6 * 4  # 6 classes x 4 test images, each counted once over both ranks
+        assert (p.parent / "bench.json").is_file()
