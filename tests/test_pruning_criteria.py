@@ -300,3 +300,32 @@ def test_scores_on_cuda_match_cpu():
     for c in crits:
         for layer in TINY_LAYERS:
             torch.testing.assert_close(gpu[c][layer], cpu[c][layer], rtol=1e-3, atol=1e-6)
+
+
+def test_all_activation_criteria_share_one_forward_pass(tiny):
+    data = batches(3, 2, size=32)
+    calls = []
+    handle = tiny.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        got = pruning.score_filters_multi(tiny, ["mean_activation", "apoz", "entropy", "scaled_entropy"],
+                                          TINY_LAYERS, data=data, options={"entropy": {"bins": 5}})
+    finally:
+        handle.remove()
+    assert calls == [2, 2, 2] and all(s.num_images == 6 for s in got.values())
+
+
+def test_histogram_edges_are_fixed_by_the_first_batch():
+    from pruning.stats import ActivationStats
+
+    st = ActivationStats(2, bins=[4])
+    first = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, 1.0]])          # filter 1 constant: span taken as 1
+    later = torch.tensor([[5.0, 1.5], [-1.0, 0.2], [0.3, 1.9], [0.99, 1.0]])
+    st.update(first)
+    st.update(later)
+    s = torch.cat([first, later]).numpy()
+    hist0, _ = np.histogram(np.clip(s[:, 0], 0.0, 1.0), bins=4, range=(0.0, 1.0))
+    assert st.hist[4][0].tolist() == hist0.tolist() == [2, 1, 1, 3]
+    assert st.hist[4][1].tolist() == [5, 0, 1, 1]  # (s - 1) / 1 * 4: 0 -> bin 0, 0.5 -> bin 2, 0.9 -> bin 3
+    torch.testing.assert_close(st.mean, torch.tensor(s.mean(axis=0), dtype=torch.float64))
+    p = hist0 / 7
+    torch.testing.assert_close(st.entropy(4)[0], torch.tensor(-(p * np.log(p)).sum(), dtype=torch.float64))
