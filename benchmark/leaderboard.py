@@ -154,13 +154,8 @@ def rank_overall(tables: list[dict]) -> list[dict]:
 
 
 def build_leaderboard(results_dir) -> dict:
-    """Scan ``results_dir`` (every run directory) and aggregate it."""
+    """Scan ``results_dir`` (every run directory, through :mod:`benchmark.results`) and aggregate it."""
     from .results import scan
-    from pathlib import Path
 
     rows = scan(results_dir)
-    loops = {}
-    for r in rows:
-        cell = json.loads((Path(results_dir) / r["id"] / "cell.json").read_text())
-        loops[r["id"]] = cell.get("loop", {})
-    return aggregate(rows, loops)
+    return aggregate(rows, {r["id"]: r.get("loop", {}) for r in rows})

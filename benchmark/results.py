@@ -99,6 +99,7 @@ def read_run(run_dir: str | Path) -> dict:
         "criterion": loop.get("criterion"), "ratio": loop.get("ratio"), "seed": loop.get("seed"),
         "code_version": cell.get("code_version"), "class_sha256": cell.get("class_sha256"),
         "class_set_name": cell.get("class_set_name"), "device": cell.get("device"), "error": None,
+        "loop": loop,  # the cell's loop options as in its identity (defaults left out)
     }
     if state == "failed":
         err = _read_json(d / ERROR_FILE)
