@@ -329,3 +329,23 @@ def test_histogram_edges_are_fixed_by_the_first_batch():
     torch.testing.assert_close(st.mean, torch.tensor(s.mean(axis=0), dtype=torch.float64))
     p = hist0 / 7
     torch.testing.assert_close(st.entropy(4)[0], torch.tensor(-(p * np.log(p)).sum(), dtype=torch.float64))
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0"])
+def test_every_criterion_runs_on_every_architecture(arch):
+    torch.manual_seed(0)
+    model = randomize_bn(getattr(torchvision.models, arch)(num_classes=5)).eval()
+    layers = pruning.prunable_layers(model, "all")
+    crits = [c for c in pruning.list_criteria() if c != "bn_scale"]
+    got = pruning.score_filters_multi(model, crits, layers, data=batches(1, 2, size=64), classes=list(range(5)),
+                                      options={"linear_ensemble": {"num_masks": 4}})
+    modules = dict(model.named_modules())
+    for c in crits:
+        assert list(got[c]) == layers
+        for layer in layers:
+            assert got[c][layer].shape == (modules[layer].out_channels,) and torch.isfinite(got[c][layer]).all(), (c, layer)
+    refs = pruning.resolve_layers(model, layers)
+    observed_after_activation = [r for r in refs if r.hook_module is not r.bn and r.hook_module is not r.conv
+                                 or r.shared_act is not None or r.post is not None]
+    assert observed_after_activation  # the fx trace found activations to observe after
