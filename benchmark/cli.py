@@ -10,6 +10,7 @@ CONFIG is a TOML file or the name of a shipped config (``imagenet52p-bench confi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -18,6 +19,17 @@ from pathlib import Path
 import click
 
 FORMATS = ("md", "csv", "html", "json")
+
+
+def _clean_errors(fn):
+    """Bad input (missing files, bad options) ends with its message and exit status 2, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (FileNotFoundError, ValueError) as e:
+            raise click.UsageError(str(e)) from None
+    return wrapper
 
 
 def _parse_data(values) -> dict:
@@ -69,6 +81,7 @@ def _results_dir(cfg, out):
               help="GPUs per cell: >1 runs each cell under torchrun --standalone.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_clean_errors
 def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root, weights, num_workers,
             nproc_per_node, threads, progress) -> None:
     """Run every cell of CONFIG (this task's share) that is not complete."""
@@ -95,15 +108,13 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
 @click.argument("config")
 @click.option("--train-ips", type=float, default=None, help="Training images/s per GPU (default: assumed 2500).")
 @click.option("--eval-ips", type=float, default=None, help="Evaluation images/s per GPU (default: assumed 4000).")
+@_clean_errors
 def estimate_cmd(config, train_ips, eval_ips) -> None:
     """Expected cost of CONFIG: images trained/evaluated and GPU-hours (formula in benchmark.estimate)."""
     from .config import load_config
     from .estimate import DEFAULT_EVAL_IPS, DEFAULT_TRAIN_IPS, estimate
 
-    try:
-        e = estimate(load_config(config), train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+    e = estimate(load_config(config), train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS)
     click.echo(f"{config}: {e['cells']} cells, {e['train_images'] / 1e6:.1f}M images trained, "
                f"{e['eval_images'] / 1e6:.1f}M evaluated -> {e['gpu_hours']:.1f} GPU-hours "
                f"({e['per_cell_gpu_hours']:.2f} per cell) at {e['train_ips']:g} train / {e['eval_ips']:g} eval img/s")
@@ -114,6 +125,7 @@ def estimate_cmd(config, train_ips, eval_ips) -> None:
 @click.option("--out", "out", default=None, help="Results folder to read states from.")
 @click.option("--num-tasks", type=int, default=1, show_default=True, help="Show which task owns each cell.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_clean_errors
 def list_cmd(config, out, num_tasks, as_json) -> None:
     """Show the cells of CONFIG and their state (done / partial / failed / pending)."""
     from .config import load_config
@@ -137,6 +149,7 @@ def list_cmd(config, out, num_tasks, as_json) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True)
 @click.option("--output", "-o", default=None, help="Write to this file instead of stdout.")
 @click.option("--note", default=None, help="A banner shown above the tables (e.g. 'synthetic data').")
+@_clean_errors
 def leaderboard_cmd(results, fmt, output, note) -> None:
     """Aggregate the runs in RESULTS into the leaderboard."""
     text = render(results, fmt, note)

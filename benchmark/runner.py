@@ -160,6 +160,7 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
 def grid_states(cfg: ExperimentConfig, results_dir: str | Path, num_tasks: int = 1) -> list[dict]:
     """Every cell with its state and the task that owns it (for ``list``)."""
     cells = expand_grid(cfg)
+    partition(cells, 0, num_tasks)  # validates num_tasks
     owner = {c.id: t for t in range(num_tasks) for c in partition(cells, t, num_tasks)}
     return [{"id": c.id, "kind": c.kind, "model": c.model, "class_set": c.class_set, "criterion": c.criterion,
              "ratio": c.ratio, "seed": c.seed, "task": owner[c.id],

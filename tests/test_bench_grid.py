@@ -177,3 +177,19 @@ def test_default_loop_options_are_not_part_of_the_identity():
     cell = implicit[0]
     assert set(cell.identity()["loop"]) == {"criterion", "ratio", "seed", "version"}
     assert cell.loop_dict["q"] == LoopConfig.q  # the full options are still there
+
+
+@pytest.mark.parametrize("args,match", [
+    (["leaderboard", "/nonexistent/results"], "/nonexistent/results"),
+    (["run", "no_such_config"], "shipped: .*demo"),
+    (["run", "demo", "--data", "full"], "NAME=PATH"),
+    (["list", "demo", "--num-tasks", "0"], "num-tasks"),
+    (["estimate", "demo"], "no size known"),
+])
+def test_cli_bad_input_gets_a_clear_message(args, match):
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert pytest.importorskip("re").search(match, res.output), res.output
