@@ -226,6 +226,11 @@ def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: Ce
     test = open_split(cfg, build, "test", "test", bs, lc.seed, env, target_map) if has_test else None
     size = int(cfg.data_options.get("image_size", 224))
     example = torch.zeros(1, 3, size, size)
+    if cell.kind == "prune" and lc.ratio > 0 and lc.effective_score_classes is None and \
+            pruning.get_criterion(lc.criterion).requires_classes:
+        # class_specific: score on the images of the cell's class set, i.e. all of its labels
+        labels = target_map.table if target_map is not None else range(len(_classes(build)))
+        lc = LoopConfig.from_dict({**lc.to_dict(), "score_classes": list(labels)})
     extra = {}
     if cell.kind != "prune":
         full_cost = pruning.count_cost(model, (3, size, size))

@@ -27,6 +27,7 @@ DOC = {
         {"init": ["scratch"], "criterion": ["l1"], "ratio": [0.5], "class_set": "sub"},
         {"head": ["full"], "criterion": ["random"], "ratio": [0.5], "class_set": "sub"},
         {"criterion": ["l1"], "ratio": [0.5], "class_set": "sub", "data_fraction": [0.5, 1.0]},
+        {"criterion": ["class_specific"], "ratio": [0.5], "class_set": "sub"},
     ],
 }
 
@@ -49,7 +50,15 @@ def _summ(results, cell):
 
 def test_every_kind_completes(done):
     cfg, results, counts = done
-    assert counts == {"done": 6, "failed": 0, "partial": 0, "pending": 0}
+    assert counts == {"done": 7, "failed": 0, "partial": 0, "pending": 0}
+
+
+def test_class_specific_scores_on_the_class_sets_images(done):
+    cfg, results, _ = done
+    cell = next(c for c in expand_grid(cfg) if c.criterion == "class_specific")
+    s = _summ(results, cell)
+    assert s["config"]["score_classes"] == [0, 1, 2]  # every label of the 3-class subset build
+    assert all(st["score_images"] == 16 for st in s["steps"])  # score_images = 16
 
 
 def test_scratch_and_reduced_train_a_thinner_network_from_random_init(done):
