@@ -31,6 +31,8 @@ the file name and the list of valid keys)::
 
     [baseline]
     unpruned = true                    # add one ratio-0 cell per model x class set x seed x init
+    finetune = true                    # fine-tune it for q epochs like the pruned cells (false: q = 0,
+                                       # the starting model evaluated as it is)
 
     [[grid]]                           # one or more sub-grids; their cells are merged
     criterion = ["random", "l1"]       # a list is an axis, a scalar a fixed value
@@ -73,7 +75,7 @@ TOP_KEYS = ("name", "description", "reference", "estimate_gpu_hours", "data", "m
 DATA_KEYS = ("image_size", "resize", "num_workers", "train_scale_min", "latency_batch_size")
 MODEL_KEYS = ("name", "weights", "num_classes")
 PRETRAIN_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "schedule", "seed")
-BASELINE_KEYS = ("unpruned",)
+BASELINE_KEYS = ("unpruned", "finetune")
 
 
 def _check_keys(where: str, got: dict, valid, source: str) -> None:
@@ -98,6 +100,7 @@ class ExperimentConfig:
     pretrain: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)
     unpruned: bool = True
+    baseline_finetune: bool = True
 
     @property
     def class_sets(self) -> tuple[str, ...]:
@@ -180,7 +183,8 @@ def parse_config(doc: dict, source: str = "<dict>") -> ExperimentConfig:
         name=doc["name"], grid=tuple(dict(g) for g in grids), source=source,
         description=str(doc.get("description", "")), reference=tuple(_as_list(ref)),
         estimate_gpu_hours=doc.get("estimate_gpu_hours"), data=data, data_options=data_options,
-        model=model, pretrain=pretrain, base=base, unpruned=bool(baseline.get("unpruned", True)))
+        model=model, pretrain=pretrain, base=base, unpruned=bool(baseline.get("unpruned", True)),
+        baseline_finetune=bool(baseline.get("finetune", True)))
 
 
 def _as_list(v) -> list:

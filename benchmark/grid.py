@@ -157,6 +157,8 @@ def _baseline_of(cfg: ExperimentConfig, values: dict) -> dict:
     out = {k: v for k, v in values.items() if k not in _PRUNE_ONLY}
     out.update({k: getattr(defaults, k) for k in _PRUNE_ONLY if k != "criterion"})
     out["criterion"], out["ratio"], out["kind"] = BASELINE_CRITERION, 0.0, "prune"
+    if not cfg.baseline_finetune:
+        out["q"] = 0.0
     if "layers" in values:  # keep explicit layer lists out of the baseline identity
         out["layers"] = "all"
     return out

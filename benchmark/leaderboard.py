@@ -3,7 +3,8 @@
 A **table** is every cell sharing model, class set, kind, init, head and loop options
 except ``criterion``, ``ratio`` and ``seed``; its rows are criteria, its columns pruning
 ratios.  The unpruned baseline (ratio 0) of a table is the baseline cell whose options,
-ignoring the pruning-only ones, equal the table's.
+ignoring the pruning-only ones, equal the table's (ignoring ``q`` too when the baseline was
+evaluated without fine-tuning).
 
 Each **entry** (table x criterion x ratio) aggregates the ``done`` runs of all its seeds:
 for every metric, ``mean`` = arithmetic mean and ``std`` = sample standard deviation
@@ -95,11 +96,19 @@ def aggregate(rows: list[dict], loops: dict[str, dict]) -> dict:
         ratios = sorted({r for _, r in cells})
         criteria = sorted({c for c, _ in cells})
         entries = [_entry(c, r, cells[(c, r)]) for c in criteria for r in ratios if (c, r) in cells]
+        if bkey not in baselines:  # a baseline evaluated without fine-tuning ([baseline] finetune = false)
+            bkey = next((k for k in baselines if _without_q(k) == _without_q(bkey)), bkey)
         base = _entry(BASELINE_CRITERION, 0.0, baselines.get(bkey, [])) if bkey in baselines else None
         tables.append({"key": key, "label": _label(key, varying), "model": d["cell"]["model"],
                        "class_set": d["cell"]["class_set"], "kind": d["cell"]["kind"], "ratios": ratios,
                        "criteria": criteria, "entries": entries, "baseline": base})
     return {"tables": tables, "overall": rank_overall(tables), "runs": rows}
+
+
+def _without_q(key: str) -> str:
+    d = json.loads(key)
+    d["loop"].pop("q", None)
+    return json.dumps(d, sort_keys=True)
 
 
 def _entry(criterion: str, ratio: float, runs: list[dict]) -> dict:

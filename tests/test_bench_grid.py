@@ -193,3 +193,10 @@ def test_cli_bad_input_gets_a_clear_message(args, match):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, res.output
     assert pytest.importorskip("re").search(match, res.output), res.output
+
+
+def test_baseline_without_finetuning_has_q_zero():
+    c = cfg([{"criterion": ["l1"], "ratio": [0.5]}], baseline={"unpruned": True, "finetune": False}, base={"q": 5.0})
+    base = [x for x in expand_grid(c) if x.is_baseline]
+    pruned = [x for x in expand_grid(c) if not x.is_baseline]
+    assert [b.loop_dict["q"] for b in base] == [0.0] and pruned[0].loop_dict["q"] == 5.0

@@ -136,3 +136,18 @@ def test_cells_under_torchrun_with_two_processes(tmp_path):
         assert s["world_size"] == 2
         assert s["test"]["images"] == 6 * 4  # 6 classes x 4 test images, each counted once over both ranks
         assert (p.parent / "bench.json").is_file()
+
+
+def test_baseline_evaluated_without_finetuning_is_attached_to_its_table(done, tmp_path):
+    _, results, _ = done
+    doc = {**DOC, "baseline": {"unpruned": True, "finetune": False},
+           "grid": [{"criterion": ["l1"], "ratio": [0.5], "class_set": "sub"}]}
+    res = tmp_path / "res"
+    counts = run_grid(parse_config(doc, "q0.toml"), CellEnv(results_dir=str(res), data_root=str(results.parent / "data"),
+                                                             device="cpu"))
+    assert counts["done"] == 2
+    (t,) = build_leaderboard(res)["tables"]
+    base = t["baseline"]
+    s = json.loads((res / base["ids"][0] / "summary.json").read_text())
+    assert s["final"]["epochs"] == [] and s["images"]["finetune_total"] == 0  # evaluated as it is
+    assert base["top1"] == s["test"]["top1"]
