@@ -35,7 +35,7 @@ from pathlib import Path
 from .config import ExperimentConfig
 from .execute import CellEnv, _classes, execute_cell, prepare_cell
 from .grid import Cell, expand_grid, partition
-from .results import CELL_FILE, ERROR_FILE, cell_state
+from .results import BENCH_FILE, CELL_FILE, ERROR_FILE, cell_state
 
 log = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"
@@ -107,8 +107,8 @@ def run_one(cfg: ExperimentConfig, cell: Cell, env: CellEnv, resume: bool, versi
     """Run one cell with failure recording; returns its state afterwards."""
     run_dir = Path(env.results_dir) / cell.id
     state = cell_state(run_dir)
-    if state == "done":
-        return state
+    if state == "done" and (run_dir / BENCH_FILE).is_file():
+        return state  # (a done run without bench.json, killed in between, gets its latency measured)
     if state == "partial" and not resume:
         log.warning("%s holds an interrupted run; starting it over (pass --resume to continue it)", run_dir)
         shutil.rmtree(run_dir)
@@ -116,7 +116,8 @@ def run_one(cfg: ExperimentConfig, cell: Cell, env: CellEnv, resume: bool, versi
         n = 1 + len(list(run_dir.glob("error.*.json")))
         os.replace(run_dir / ERROR_FILE, run_dir / f"error.{n}.json")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / CELL_FILE, _provenance(cfg, cell, env, version))
+    if state != "done":
+        _write_json(run_dir / CELL_FILE, _provenance(cfg, cell, env, version))
     try:
         if nproc_per_node > 1:
             prepare_cell(cfg, cell, env)

@@ -151,3 +151,14 @@ def test_baseline_evaluated_without_finetuning_is_attached_to_its_table(done, tm
     s = json.loads((res / base["ids"][0] / "summary.json").read_text())
     assert s["final"]["epochs"] == [] and s["images"]["finetune_total"] == 0  # evaluated as it is
     assert base["top1"] == s["test"]["top1"]
+
+
+def test_a_done_run_missing_its_latency_gets_it_on_the_next_run(done):
+    cfg, results, _ = done
+    cell = next(c for c in expand_grid(cfg) if c.criterion == "class_specific")
+    bench = results / cell.id / "bench.json"
+    summary = (results / cell.id / "summary.json").read_bytes()
+    bench.unlink()
+    counts = run_grid(cfg, CellEnv(results_dir=str(results), data_root=str(results.parent / "data"), device="cpu"))
+    assert counts["done"] == 7 and bench.is_file()
+    assert (results / cell.id / "summary.json").read_bytes() == summary  # the run itself was not redone
