@@ -260,8 +260,8 @@ def _write_bench(run_dir: Path, factory, summary: dict, cell: Cell, cfg, env: Ce
         pruned = _reduce(pruned, cell, example)
     elif plan:
         pruning.apply_plan(pruned, {k: [int(i) for i in v] for k, v in plan.items()}, example)
-    a = pruning.measure_latency(unpruned, shape, bs, device=device)
-    b = pruning.measure_latency(pruned, shape, bs, device=device)
+    a = pruning.measure_latency(unpruned, shape, bs, device=device, warmup=5, repeats=20)
+    b = pruning.measure_latency(pruned, shape, bs, device=device, warmup=5, repeats=20)
     doc = {"unpruned_ms": a["median_ms"], "pruned_ms": b["median_ms"], "speedup": a["median_ms"] / b["median_ms"],
            "batch_size": bs, "device": a["device"], "unpruned": a, "pruned": b, **extra}
     tmp = run_dir / (BENCH_FILE + ".tmp")
