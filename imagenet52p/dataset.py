@@ -29,7 +29,6 @@ for any number of shards, workers and ranks (a worker whose share is empty yield
 from __future__ import annotations
 
 import bisect
-import hashlib
 import io
 import json
 import logging
@@ -42,6 +41,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .build.writer import file_sha256
 from .classes import ClassSet
 
 log = logging.getLogger(__name__)
@@ -200,14 +200,6 @@ def decode_rgb(data: bytes):
     img = Image.open(io.BytesIO(data))
     img.load()
     return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _choice(name: str, value, allowed) -> None:

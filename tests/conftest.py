@@ -29,6 +29,15 @@ def _restore_rng_state():
     torch.set_rng_state(torch_state)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (deterministic timing-free CPU numbers, no oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

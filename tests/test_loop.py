@@ -18,12 +18,7 @@ NUM_CLASSES, PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS, SIZE = 6, 24, 8, 8, 24
 QUIET = RunOptions(progress=False, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

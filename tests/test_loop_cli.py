@@ -16,12 +16,7 @@ WNIDS = load_class_set("imagenet52p").wnids[:6]
 TRAIN_PER_CLASS, HELD_OUT, TEST_PER_CLASS = 16, 4, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from pruning.loop.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pruning.loop.synthetic import synthetic_splits
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _strip_timing(path):

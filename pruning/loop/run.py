@@ -16,7 +16,6 @@ default process group is initialised here (NCCL on CUDA, Gloo on CPU).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from imagenet52p.build.writer import file_sha256
 
 from .config import LoopConfig, RunOptions
 from .engine import run_loop
@@ -59,14 +60,6 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def init_distributed() -> None:
@@ -107,9 +100,9 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     spec_meta = {k: v for k, v in spec.to_dict().items() if k != "data"}
     describe = {k: v for k, v in data.describe.items() if k != "path"}
     manifest = Path(spec.data) / "manifest.json"
-    describe["manifest_sha256"] = _file_sha256(str(manifest)) if manifest.is_file() else None
+    describe["manifest_sha256"] = file_sha256(str(manifest)) if manifest.is_file() else None
     log.info("data: %s (%s)", spec.data, data.describe["format"])
     meta = {"spec": spec_meta, "data": describe, "num_classes": num_classes,
-            "weights_sha256": None if spec.weights is None else _file_sha256(spec.weights)}
+            "weights_sha256": None if spec.weights is None else file_sha256(spec.weights)}
     return run_loop(model, config, data.train, data.val, data.test, data.score, out_dir=out, resume=resume,
                     options=options, meta=meta, logit_subset=data.logit_subset, batch_transform=data.batch_transform)
