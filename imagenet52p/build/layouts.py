@@ -108,31 +108,31 @@ def _scan_class_dirs(train_dir: Path, rel_prefix: str, wnids: set[str], scan: Sc
         _scan_files(Path(entry.path), rel, "train", entry.name, scan)
 
 
-def _scan_files(d: Path, rel_prefix: str, split: str, wnid: str, scan: Scan) -> None:
+def _image_entries(d: Path, rel_prefix: str, scan: Scan, subfolder_note: str = "sub-folder"):
+    """Yield ``(DirEntry, relative path)`` of the image files in ``d``, sorted by name; count the rest as ignored."""
     for e in sorted(os.scandir(d), key=lambda e: e.name):
         rel = f"{rel_prefix}/{e.name}"
         if e.is_dir():
-            scan.ignored.append(f"{rel}/ (sub-folder)")
+            scan.ignored.append(f"{rel}/ ({subfolder_note})")
         elif not is_image_name(e.name):
             scan.ignored.append(f"{rel} (not an image file name)")
         else:
-            scan.sources.append(Source(split, wnid, rel, e.stat().st_size, e.path))
+            yield e, rel
+
+
+def _scan_files(d: Path, rel_prefix: str, split: str, wnid: str, scan: Scan) -> None:
+    for e, rel in _image_entries(d, rel_prefix, scan):
+        scan.sources.append(Source(split, wnid, rel, e.stat().st_size, e.path))
 
 
 def _scan_flat_val(val_dir: Path, rel_prefix: str, label_of, wnids: set[str], scan: Scan) -> None:
     """Flat validation images labelled by ``label_of(filename) -> wnid | None``."""
-    for e in sorted(os.scandir(val_dir), key=lambda e: e.name):
-        rel = f"{rel_prefix}/{e.name}"
-        if e.is_dir():
-            scan.ignored.append(f"{rel}/ (sub-folder in a flat val folder)")
-        elif not is_image_name(e.name):
-            scan.ignored.append(f"{rel} (not an image file name)")
-        else:
-            wnid = label_of(e.name)
-            if wnid is None:
-                scan.skipped.append({"source": rel, "split": "test", "reason": "no ground-truth label for this file"})
-            elif wnid in wnids:
-                scan.sources.append(Source("val", wnid, rel, e.stat().st_size, e.path))
+    for e, rel in _image_entries(val_dir, rel_prefix, scan, "sub-folder in a flat val folder"):
+        wnid = label_of(e.name)
+        if wnid is None:
+            scan.skipped.append({"source": rel, "split": "test", "reason": "no ground-truth label for this file"})
+        elif wnid in wnids:
+            scan.sources.append(Source("val", wnid, rel, e.stat().st_size, e.path))
 
 
 def _devkit_labeller(gt_ids: list[int], id_to_wnid: dict[int, str]):
