@@ -228,6 +228,13 @@ def test_restricted_classifier_keeps_pretrained_rows(data, trained_state):
     assert c["top1"] <= a["top1"] and a["images"] == c["images"] == len(ys)
     with pytest.raises(ValueError, match="outside"):
         restrict_classifier(trained(trained_state), [0, 6])
+    # labels outside logit_subset are refused (counted on the device, reported after the pass):
+    # one above the subset's largest class (5 > 4) and one inside its range but not in it (2)
+    for stray in (5, 2):
+        ys_bad = ys.clone()
+        ys_bad[-1] = stray
+        with pytest.raises(ValueError, match="1 labels of .* are outside logit_subset"):
+            evaluate(full, DataStream(TensorDataset(xs, ys_bad), 8, shuffle=False), rt, logit_subset=rows)
 
 
 def test_ratio_zero_is_the_unpruned_baseline(data, trained_state):
