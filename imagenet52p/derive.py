@@ -143,14 +143,17 @@ def voc_related_wnids(spec: Spec | None = None, wordnet_dir: str | None = None) 
     return {w for w in imagenet1k_wnids() if _nearest_anchor(synset_from_wnid(wn, w), anchors) is not None}
 
 
-def derive_random52(spec: Spec | None = None, wordnet_dir: str | None = None, seed: int = RANDOM52_SEED) -> ClassSet:
+def derive_random52(spec: Spec | None = None, wordnet_dir: str | None = None, seed: int = RANDOM52_SEED,
+                    subset: ClassSet | None = None) -> ClassSet:
     """The paper's control: 52 ImageNet-1k classes, seeded, none of them VOC-related at any depth.
 
     ``random.Random(seed).sample`` over the sorted remaining wnids; Python guarantees this
-    sequence for a given seed, and the result is frozen anyway.
+    sequence for a given seed, and the result is frozen anyway.  ``subset`` is the derived
+    ImageNet-52P set when the caller already has it (else it is derived here).
     """
     spec = spec or load_spec()
-    excluded = voc_related_wnids(spec, wordnet_dir) | set(derive_class_set(spec, wordnet_dir).wnids)
+    subset = subset if subset is not None else derive_class_set(spec, wordnet_dir)
+    excluded = voc_related_wnids(spec, wordnet_dir) | set(subset.wnids)
     pool = [w for w in imagenet1k_wnids() if w not in excluded]
     picked = random.Random(seed).sample(pool, spec.expected_count)
     idx, names = imagenet1k_index(), imagenet1k_names()
@@ -189,9 +192,10 @@ def diff_frozen(wordnet_dir: str | None = None) -> dict[str, list[str]]:
     from .classes import _info_text
 
     spec = load_spec()
+    subset = derive_class_set(spec, wordnet_dir)
     out = {
-        "imagenet52p-v1": diff_sets(frozen_set("imagenet52p-v1"), derive_class_set(spec, wordnet_dir)),
-        "random52-v1": diff_sets(frozen_set("random52-v1"), derive_random52(spec, wordnet_dir)),
+        "imagenet52p-v1": diff_sets(frozen_set("imagenet52p-v1"), subset),
+        "random52-v1": diff_sets(frozen_set("random52-v1"), derive_random52(spec, wordnet_dir, subset=subset)),
     }
     tsv = imagenet1k_names_tsv(derive_imagenet1k_names(wordnet_dir))
     out["imagenet1k_classes.tsv"] = [] if tsv == _info_text("imagenet1k_classes.tsv") else [

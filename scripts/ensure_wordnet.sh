@@ -5,8 +5,8 @@
 #   python -m nltk.downloader wordnet
 set -uo pipefail
 VENV=${VENV:-.venv}
-if "$VENV/bin/imagenet52p" wordnet >/dev/null 2>&1; then
-  "$VENV/bin/imagenet52p" wordnet
+if found=$("$VENV/bin/imagenet52p" wordnet 2>/dev/null); then
+  echo "$found"
   exit 0
 fi
 echo "WordNet 3.0 not found; installing Debian's wordnet-base and wordnet-sense-index" >&2

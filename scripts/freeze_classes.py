@@ -18,7 +18,8 @@ def main() -> int:
     from imagenet52p import classes
     classes.imagenet1k_names.cache_clear()
     spec = load_spec()
-    for cs in (derive_class_set(spec), derive_random52(spec)):
+    subset = derive_class_set(spec)
+    for cs in (subset, derive_random52(spec, subset=subset)):
         (INFO / f"{cs.name}.json").write_text(cs.to_json())
         (INFO / f"{cs.name}_synsets.txt").write_text("".join(w + "\n" for w in cs.wnids))
         print(f"wrote {cs.name}: {len(cs)} classes, sha256 {cs.sha256}")

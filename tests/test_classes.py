@@ -66,7 +66,7 @@ def test_excluded_classes_are_out(derived):
             assert ex["reason"]
 
 
-def test_depth_zero_gives_only_anchor_classes(wn):
+def test_depth_zero_without_fallback_leaves_voc_classes_uncovered(wn):
     spec = D.load_spec()
     spec0 = D.Spec(spec.name, 0, "none", 0, [D.VocEntry(v.name, v.anchors) for v in spec.voc], spec.sha256)
     with pytest.raises(D.SpecError, match="gets no ImageNet-1k class"):
