@@ -12,6 +12,12 @@ import time
 import torch
 from torch import nn
 
+from ..cost import count_cost
+from ..layers import prunable_layers
+from ..plan import save_pruned
+from ..score import score_filters
+from ..select import select_filters
+from ..surgery import apply_plan, current_plan
 from .checkpoint import state_dict_cpu
 from .evaluate import evaluate
 from .train import lr_at, make_optimizer, train_chunk
@@ -22,11 +28,6 @@ PEAK_TOL = 0.005  # epochs_to_peak: first epoch within this of the best final va
 
 
 # ------------------------------------------------------------------ core adapters
-def _core():
-    import pruning
-    return pruning
-
-
 def example_input(input_size) -> torch.Tensor:
     return torch.zeros(1, *[int(s) for s in input_size])
 
@@ -34,7 +35,7 @@ def example_input(input_size) -> torch.Tensor:
 def target_layers(model: nn.Module, cfg) -> list[str]:
     """Conv names in the order they are pruned (see ``LoopConfig.order``)."""
     if isinstance(cfg.layers, str):
-        names = list(_core().prunable_layers(model, cfg.layers))  # last to first
+        names = list(prunable_layers(model, cfg.layers))  # last to first
         if cfg.order == "first_to_last":
             names = names[::-1]
         return names
@@ -53,14 +54,13 @@ def target_layers(model: nn.Module, cfg) -> list[str]:
 def apply(model: nn.Module, plan: dict, example: torch.Tensor) -> nn.Module:
     dev = next(model.parameters()).device
     plan = {k: [int(i) for i in v] for k, v in plan.items()}
-    return _core().apply_plan(model, plan, example.to(dev))
+    return apply_plan(model, plan, example.to(dev))
 
 
 def cost(model: nn.Module, input_size) -> dict:
     """``{"params", "macs"}`` of ``model`` for one image of ``input_size``."""
-    c = _core().count_cost(model, tuple(int(s) for s in input_size))
-    get = c.get if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
-    return {"params": int(get("params")), "macs": int(get("macs"))}
+    c = count_cost(model, input_size)
+    return {"params": c["params"], "macs": c["macs"]}
 
 
 class _Batches:
@@ -79,22 +79,15 @@ def score(loop, names: list[str], step: int) -> tuple[dict, int]:
     """Scores of ``names`` on the scoring stream and the number of images used."""
     cfg = loop.cfg
     data = _Batches(loop.score, step, cfg.score_images, loop.runtime)
-    res = _core().score_filters(loop.model, cfg.criterion, names, data=data, num_images=cfg.score_images,
-                                classes=cfg.effective_score_classes, seed=cfg.seed * 1000 + step,
-                                device=loop.runtime.device, options=cfg.criterion_options or None)
-    if isinstance(res, tuple):
-        scores, used = res
-    else:
-        scores = res
-        used = getattr(res, "num_images", None)
-        if used is None:
-            used = getattr(res, "images", 0)
-    return dict(scores), int(used or 0)
+    scores = score_filters(loop.model, cfg.criterion, names, data=data, num_images=cfg.score_images,
+                           classes=cfg.effective_score_classes, seed=cfg.seed * 1000 + step,
+                           device=loop.runtime.device, options=cfg.criterion_options or None)
+    return dict(scores), scores.num_images
 
 
 def _select(loop, scores: dict) -> dict:
     cfg = loop.cfg
-    plan = _core().select_filters(scores, cfg.ratio, round_to=cfg.round_to, min_keep=cfg.min_keep)
+    plan = select_filters(scores, cfg.ratio, round_to=cfg.round_to, min_keep=cfg.min_keep)
     return {k: sorted(int(i) for i in v) for k, v in dict(plan).items()}
 
 
@@ -295,7 +288,7 @@ def finish(loop) -> dict:
         "cost": {**final_cost, "params_ratio": final_cost["params"] / base["params"],
                  "macs_ratio": final_cost["macs"] / base["macs"]},
         "images": images,
-        "plan": {k: v for k, v in _core_current_plan(loop.model).items()},
+        "plan": current_plan(loop.model),
         "model_files": None if loop.out is None else {"plan": "model/plan.json", "weights": "model/state_dict.pt"},
     }
 
@@ -303,10 +296,6 @@ def finish(loop) -> dict:
 def _code_version() -> str:
     from imagenet52p._version import __version__
     return __version__
-
-
-def _core_current_plan(model):
-    return _core().current_plan(model)
 
 
 def _device_name(dev: torch.device) -> str:
@@ -318,4 +307,4 @@ def _device_name(dev: torch.device) -> str:
 def save_model(model: nn.Module, directory) -> None:
     """The final pruned model: ``plan.json`` (cumulative plan) + ``state_dict.pt``, via
     ``pruning.save_pruned``; reload with ``pruning.load_pruned(model_fn, directory)``."""
-    _core().save_pruned(model, None, directory)
+    save_pruned(model, None, directory)
