@@ -11,6 +11,10 @@ import torch
 
 BIN = Path(sys.executable).parent
 
+# Session fixtures of the build and dataset tests, registered once (importing them into each test
+# module would make one copy per module, each set up again).
+pytest_plugins = ["build_helpers", "dataset_helpers"]
+
 
 def cli(name: str) -> str:
     """Path of an installed console script (the real entry point, as a user runs it)."""

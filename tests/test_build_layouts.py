@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from build_helpers import LAYOUT_ROOTS, SPEC, WNIDS, build, class_file, layout_roots, quirky, read_samples  # noqa: F401
+from build_helpers import LAYOUT_ROOTS, SPEC, WNIDS, build, read_samples
 from PIL import Image
 
 from imagenet52p.build import BuildError

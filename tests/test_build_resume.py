@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from build_helpers import BIN, WNIDS, build, class_file, layout_roots, quirky, tree_digest  # noqa: F401
+from build_helpers import BIN, WNIDS, build, tree_digest
 from click.testing import CliRunner
 
 from imagenet52p.build import BuildError, verify_build

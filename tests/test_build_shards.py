@@ -7,7 +7,7 @@ import json
 import tarfile
 
 import pytest
-from build_helpers import WNIDS, build, class_file, layout_roots, quirky, read_samples, tree_digest  # noqa: F401
+from build_helpers import WNIDS, build, read_samples, tree_digest
 from PIL import Image
 
 from imagenet52p.build import BuildConfig, build_dataset

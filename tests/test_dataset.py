@@ -8,8 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from dataset_helpers import (  # noqa: F401
-    built, copy_build, count_bytes, make_build, manifest, overwrite_member, tar_samples)
+from dataset_helpers import copy_build, count_bytes, make_build, manifest, overwrite_member, tar_samples
 from PIL import Image
 
 from imagenet52p import ImageNet52P, ImageNetShards, SampleError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dataset_helpers import built, manifest  # noqa: F401
+from dataset_helpers import manifest
 
 from imagenet52p import ImageNet52P
 

@@ -7,7 +7,7 @@ import warnings
 from collections import Counter
 
 import pytest
-from dataset_helpers import built, count_bytes, tar_samples  # noqa: F401
+from dataset_helpers import count_bytes, tar_samples
 from torch.utils.data import DataLoader
 
 from imagenet52p import ImageNet52P
