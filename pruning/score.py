@@ -60,8 +60,10 @@ def _batches(data: Iterable, num_images: Optional[int], classes: Optional[Sequen
         if wanted is not None:
             if labels is None:
                 raise ValueError("`classes` was given but `data` yields no labels: yield (images, labels)")
-            keep = torch.isin(labels.cpu(), wanted)
-            images, labels = images[keep.to(images.device)], labels[keep.to(labels.device)]
+            if wanted.device != labels.device:  # the filter runs where the labels are (no copy to the host)
+                wanted = wanted.to(labels.device)
+            keep = torch.isin(labels, wanted)
+            images, labels = images[keep.to(images.device)], labels[keep]
         if num_images is not None:
             images = images[: num_images - seen]
             labels = None if labels is None else labels[: num_images - seen]
