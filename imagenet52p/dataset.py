@@ -43,6 +43,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .build.writer import file_sha256
 from .classes import ClassSet
+from .shards import read_tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -109,89 +110,6 @@ def segments(order: list[int], lengths: list[int], start: int, stop: int) -> lis
         out.append(Segment(order[k], q - first, q - first + take, pos >= n))
         pos += take
     return out
-
-
-def _octal(field: bytes, path, offset: int) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for big numbers
-        return int.from_bytes(field[1:], "big")
-    try:
-        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        raise tarfile.ReadError(f"{path}: bad tar header at byte {offset}") from None
-
-
-def iter_tar(path: Path):
-    """Yield ``(name, offset_data, size, f)`` for each regular file of an uncompressed tar.
-
-    A minimal reader (ustar, GNU long names, pax ``path``/``size`` records), ~10x faster than
-    ``tarfile`` per member; header checksums are checked. ``f`` is positioned at the member's data;
-    the caller may read it, the next step seeks past it either way.
-    """
-    with open(path, "rb") as f:
-        offset, long_name, pax = 0, None, {}
-        while True:
-            f.seek(offset)
-            hdr = f.read(512)
-            if len(hdr) < 512:
-                raise tarfile.ReadError(f"{path}: truncated at byte {offset} (no end-of-archive blocks)")
-            if hdr.count(0) == 512:
-                return
-            want = _octal(hdr[148:156], path, offset)
-            if want != sum(hdr[:148]) + 256 + sum(hdr[156:]):
-                raise tarfile.ReadError(f"{path}: tar header checksum mismatch at byte {offset}")
-            size, kind = _octal(hdr[124:136], path, offset), hdr[156:157]
-            data_at = offset + 512
-            if kind in (b"x", b"g", b"L"):
-                f.seek(data_at)
-                body = f.read(size)
-                if kind == b"L":
-                    long_name = body.split(b"\0", 1)[0].decode()
-                elif kind == b"x":
-                    pax = _pax_records(body)
-            else:
-                size = int(pax.get("size", size))
-                if kind in (b"0", b"\0", b"7"):
-                    name = long_name or pax.get("path")
-                    if name is None:
-                        name = hdr[:100].split(b"\0", 1)[0].decode()
-                        prefix = hdr[345:500].split(b"\0", 1)[0].decode() if hdr[257:262] == b"ustar" else ""
-                        name = f"{prefix}/{name}" if prefix else name
-                    f.seek(data_at)
-                    yield name, data_at, size, f
-                long_name, pax = None, {}
-            offset = data_at + (size + 511) // 512 * 512
-
-
-def _pax_records(body: bytes) -> dict:
-    out, pos = {}, 0
-    while pos < len(body) and body[pos:pos + 1] != b"\0":
-        sp = body.index(b" ", pos)
-        length = int(body[pos:sp])
-        key, _, value = body[sp + 1:pos + length - 1].partition(b"=")
-        out[key.decode()] = value.decode()
-        pos += length
-    return out
-
-
-def read_tar_samples(path: Path, start: int = 0, stop: int | None = None):
-    """Yield ``(key, {ext: bytes})`` for samples ``[start, stop)`` of a shard, in tar order.
-
-    Members of samples before ``start`` are skipped with seeks (headers only). A sample is the run
-    of consecutive members sharing the part of the base name before the first dot.
-    """
-    index, key, parts = -1, None, {}
-    for name, _, size, f in iter_tar(path):
-        k, _, ext = name.rsplit("/", 1)[-1].partition(".")
-        if k != key:
-            if key is not None and index >= start:
-                yield key, parts
-            index, key, parts = index + 1, k, {}
-            if stop is not None and index >= stop:
-                return
-        if index >= start:
-            parts[ext] = f.read(size)
-    if key is not None and index >= start and (stop is None or index < stop):
-        yield key, parts
 
 
 def decode_rgb(data: bytes):

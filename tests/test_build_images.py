@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from imagenet52p.build.images import BadImage, baseline_rgb_jpeg_header, prepare_image
-from imagenet52p.build.writer import tar_header
+from imagenet52p.shards import tar_header
 from imagenet52p.fake import FakeSpec, encode_jpeg, render_image
 from imagenet52p.fake_layouts import quirk_files
 

@@ -1,9 +1,9 @@
 """Writing one shard: deterministic tar bytes, temp name, fsync, rename.
 
-Every member header is fixed (POSIX/pax ``tarfile`` header, mtime 0, uid/gid 0, empty
-uname/gname, mode 0o644), members come in the planned sample order (``.jpg``, ``.cls``,
-``.json`` per sample) and the archive ends like ``tarfile`` ends one (two zero blocks, padded to
-a 10240-byte record).  So the bytes depend only on the planned samples and the options, never on
+Every member header is fixed (:func:`imagenet52p.shards.tar_header`: POSIX/pax ``tarfile``
+header, mtime 0, uid/gid 0, empty uname/gname, mode 0o644), members come in the planned sample
+order (``.jpg``, ``.cls``, ``.json`` per sample) and the archive ends like ``tarfile`` ends one
+(two zero blocks, padded to a 10240-byte record).  So the bytes depend only on the planned samples and the options, never on
 the worker, the time, or the user running the build.
 
 :func:`write_shard` is the unit of parallel work: a module-level function of a picklable
@@ -17,69 +17,19 @@ import hashlib
 import json
 import os
 import queue
-import tarfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..shards import tar_end, tar_header, tar_pad
 from .config import BuildError
 from .images import BadImage, prepare_image
 from .sources import Source, read_source
 
-BLOCK = 512
-RECORD = tarfile.RECORDSIZE  # 20 blocks
 #: Testing aid: seconds to sleep after each sample (lets tests kill a build mid-shard).
 THROTTLE_ENV = "IMAGENET52P_BUILD_THROTTLE"
-
-
-def _tarfile_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-_HEADER = bytearray(BLOCK)
-_HEADER[100:108] = b"0000644\0"  # mode
-_HEADER[108:116] = b"0000000\0"  # uid
-_HEADER[116:124] = b"0000000\0"  # gid
-_HEADER[136:148] = b"00000000000\0"  # mtime
-_HEADER[156:157] = b"0"  # regular file
-_HEADER[257:265] = b"ustar\x0000"
-_HEADER_SUM = sum(_HEADER) + 8 * ord(" ")  # checksum field counted as spaces; name and size added per member
-
-
-def tar_header(name: str, size: int) -> bytes:
-    """The 512-byte header ``tarfile`` writes for this member (PAX format, fixed metadata), built
-    directly for short ASCII names (about 20x faster); other names go through ``tarfile``."""
-    raw = name.encode("ascii", "replace")
-    if len(raw) >= 100 or not name.isascii() or size >= 8 ** 11:
-        return _tarfile_header(name, size)
-    h = bytearray(_HEADER)
-    h[0:len(raw)] = raw
-    size_field = b"%011o\0" % size
-    h[124:136] = size_field
-    h[148:156] = b"%06o\0 " % (_HEADER_SUM + sum(raw) + sum(size_field))
-    return bytes(h)
-
-
-def _pad(n: int) -> bytes:
-    return b"\0" * ((-n) % BLOCK)
-
-
-def tar_member(name: str, data: bytes) -> bytes:
-    """Header + data + padding of one regular-file member with fixed metadata."""
-    return tar_header(name, len(data)) + data + _pad(len(data))
-
-
-def tar_end(offset: int) -> bytes:
-    """The end-of-archive blocks for an archive of ``offset`` bytes so far."""
-    end = offset + 2 * BLOCK
-    return b"\0" * (2 * BLOCK + (-end) % RECORD)
 
 
 class Sample(NamedTuple):
@@ -177,9 +127,9 @@ def write_shard(task: ShardTask) -> dict:
                     converted.append({"source": src.rel, "split": task.split, "reason": reason})
                 cls = str(label).encode()
                 meta = sample_json(src.wnid, in1k, voc, src.rel, w, h, reason)
-                sink.put([tar_header(f"{key}.jpg", len(jpg)), jpg, _pad(len(jpg)),
-                          tar_header(f"{key}.cls", len(cls)) + cls + _pad(len(cls))
-                          + tar_header(f"{key}.json", len(meta)) + meta + _pad(len(meta))])
+                sink.put([tar_header(f"{key}.jpg", len(jpg)), jpg, tar_pad(len(jpg)),
+                          tar_header(f"{key}.cls", len(cls)) + cls + tar_pad(len(cls))
+                          + tar_header(f"{key}.json", len(meta)) + meta + tar_pad(len(meta))])
                 per_class[src.wnid] = per_class.get(src.wnid, 0) + 1
                 if throttle:
                     time.sleep(throttle)
