@@ -87,8 +87,7 @@ def score(loop, names: list[str], step: int) -> tuple[dict, int]:
 
 def _select(loop, scores: dict) -> dict:
     cfg = loop.cfg
-    plan = select_filters(scores, cfg.ratio, round_to=cfg.round_to, min_keep=cfg.min_keep)
-    return {k: sorted(int(i) for i in v) for k, v in dict(plan).items()}
+    return select_filters(scores, cfg.ratio, round_to=cfg.round_to, min_keep=cfg.min_keep)  # sorted int lists
 
 
 # ------------------------------------------------------------------ fine-tuning phases
