@@ -98,11 +98,9 @@ def _normalize():
 
 
 def _classes(build: Path):
-    from imagenet52p.classes import ClassSet
-    p = build / "classes.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found; {build} is not a complete build (build-imagenet52p --out)")
-    return ClassSet.from_json(p.read_text(encoding="utf-8"))
+    """The build's ``classes.json``, checked against its manifest (:func:`imagenet52p.dataset.load_classes`)."""
+    from imagenet52p.dataset import load_classes, load_manifest
+    return load_classes(build, load_manifest(build))
 
 
 def _opts(env: CellEnv, progress=None):
@@ -221,8 +219,7 @@ def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: Ce
     train = open_split(cfg, build, "train", "train", bs, lc.seed, env, target_map)
     score = open_split(cfg, build, "train", "score", bs, lc.seed, env, target_map)
     val = open_split(cfg, build, "val", "val", bs, lc.seed, env, target_map)
-    splits = json.loads((build / "manifest.json").read_text())["splits"]
-    has_test = splits.get("test", {}).get("num_samples")
+    has_test = train.dataset.manifest["splits"].get("test", {}).get("num_samples")
     test = open_split(cfg, build, "test", "test", bs, lc.seed, env, target_map) if has_test else None
     size = int(cfg.data_options.get("image_size", 224))
     example = torch.zeros(1, 3, size, size)

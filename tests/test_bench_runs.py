@@ -122,6 +122,26 @@ def test_failing_cell_is_recorded_and_the_rest_complete(setup):
     assert "FileNotFoundError" in md and "failed" in md
 
 
+def test_a_build_whose_classes_json_does_not_match_its_manifest_fails_its_cell(setup, tmp_path):
+    """classes.json is read through imagenet52p.dataset.load_classes, so a copy mixing two builds is refused
+    (before, the other build's classes were used silently)."""
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"] / "sub", data / "mixed")
+    shutil.copy(setup["data"] / "full" / "classes.json", data / "mixed" / "classes.json")
+    shutil.copytree(setup["data"] / "full", data / "full")
+    cfg = tmp_path / "mixed.toml"
+    cfg.write_text(CONFIG.split("[[grid]]")[0].replace('broken = "no_such_build"', 'mixed = "mixed"')
+                   + '[baseline]\nunpruned = false\n\n[[grid]]\ncriterion = ["l1"]\nratio = [0.5]\n'
+                   'class_set = ["mixed"]\n')
+    proc = run_cli(["run", str(cfg), "--out", str(tmp_path / "results"), "--data-root", str(data),
+                    "--device", "cpu", "--no-progress"])
+    assert proc.returncode == 1 and "1 failed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    err = json.loads(next((tmp_path / "results").glob("*/error.json")).read_text())
+    assert err["type"] == "ValueError", err
+    assert "classes.json" in err["message"] and "manifest.json" in err["message"], err["message"]
+    assert not (tmp_path / "results" / "_pretrain").exists()  # refused before any training
+
+
 def _summary(results, run_id):
     return json.loads((results / run_id / "summary.json").read_text())
 
