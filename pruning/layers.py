@@ -29,7 +29,6 @@ activation is not applied (logged as a warning).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -44,16 +43,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("vgg16", "resnet50-16", "resnet50-32", "all")
 
-# Activation modules and their functional (out-of-place) forms.
-_ACT_MODULES: Dict[type, Callable[[nn.Module], Callable]] = {
-    nn.ReLU: lambda m: F.relu,
-    nn.ReLU6: lambda m: F.relu6,
-    nn.SiLU: lambda m: F.silu,
-    nn.Hardswish: lambda m: F.hardswish,
-    nn.GELU: lambda m: functools.partial(F.gelu, approximate=m.approximate),
-    nn.LeakyReLU: lambda m: functools.partial(F.leaky_relu, negative_slope=m.negative_slope),
-    nn.Mish: lambda m: F.mish,
-}
+# Activation modules (hooked directly: their output is the observed map) and activation functions with
+# the out-of-place form applied to the conv/BN output in the hook (``LayerRef.post``).
+_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Mish)
 _ACT_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6, F.silu: F.silu,
                   F.hardswish: F.hardswish, F.gelu: F.gelu, F.mish: F.mish}
 
