@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from .jpeg import jpeg_frame
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _DRAFT_SCALES = (8, 4, 2)
@@ -74,27 +76,10 @@ def _peek(img) -> tuple[int, int]:
     raise TypeError(f"expected JPEG bytes, a PIL image or a uint8 tensor [3, H, W], got {type(img).__name__}")
 
 
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
 def jpeg_size(data) -> tuple[int, int] | None:
     """(width, height) from a JPEG's start-of-frame marker (None when not found: use PIL)."""
-    if bytes(data[:2]) != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker in _SOF:
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-        else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
+    f = jpeg_frame(data)
+    return None if f is None else (f.width, f.height)
 
 
 def draft_factor(crop_w: float, crop_h: float, need_w: float, need_h: float, allowed: bool = True) -> int:

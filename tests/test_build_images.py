@@ -12,6 +12,7 @@ from imagenet52p.build.images import BadImage, baseline_rgb_jpeg_header, prepare
 from imagenet52p.shards import tar_header
 from imagenet52p.fake import FakeSpec, encode_jpeg, render_image
 from imagenet52p.fake_layouts import quirk_files
+from imagenet52p.transforms import jpeg_size
 
 SPEC = FakeSpec(width=96, height=64)
 WN = ["n01440764", "n01443537", "n01491361"]
@@ -57,6 +58,28 @@ def test_header_walk_agrees_with_pil_on_every_quirk():
         if expect == "converted":
             assert head is None
     assert baseline_rgb_jpeg_header(cases[-1][1])[:2] == (96, 64)
+
+
+def test_transforms_size_peek_shares_the_walk_and_agrees_with_pil():
+    """transforms.jpeg_size (the dataset's per-sample peek) walks headers like the builder: every
+    JPEG quirk (CMYK, grayscale, progressive, cut off, an EXIF thumbnail of another size) gives
+    PIL's size, from bytes and from a memoryview; non-JPEG data gives None."""
+    arr = render_image(WN[0], 0, SPEC)
+    files = [d for _, d in quirk_files(WN, SPEC)]
+    files.append(_with_exif_thumbnail(encode_jpeg(arr), encode_jpeg(arr[:16, :16])))
+    jpegs = 0
+    for data in files:
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Exception:
+            assert jpeg_size(data) is None
+            continue
+        if im.format != "JPEG":
+            assert jpeg_size(data) is None
+            continue
+        assert jpeg_size(data) == jpeg_size(memoryview(data)) == im.size
+        jpegs += 1
+    assert jpegs >= 8 and jpeg_size(files[-1]) == (96, 64)
 
 
 @pytest.mark.parametrize("cut", [0.3, 0.6, 0.95, 0.999])

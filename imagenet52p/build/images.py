@@ -26,6 +26,8 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from ..jpeg import jpeg_frame
+
 Image.MAX_IMAGE_PIXELS = None  # ImageNet has a few very large (but genuine) images
 
 
@@ -45,47 +47,21 @@ def jpeg_complete(data: bytes) -> bool:
 
 
 _SOF_BASELINE = (0xC0, 0xC1)  # baseline / extended sequential, Huffman coded
-_STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length field
 
 
 def baseline_rgb_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, offset of the start-of-scan marker) when ``data`` starts like a baseline,
     8-bit, 3-component JPEG, else None.
 
-    Walks the marker segments from SOI to the first SOS by their length fields (no decoding; an
-    EXIF thumbnail inside APP1 is skipped whole); any surprise returns None and the caller falls
-    back to PIL.  3 components is what PIL opens as mode ``RGB`` (YCbCr or, with an Adobe
-    marker, RGB).  A baseline JPEG has one scan, so it is complete iff an end-of-image marker
-    follows this SOS.
+    The header walk is :func:`imagenet52p.jpeg.jpeg_frame` (no decoding); any surprise returns
+    None and the caller falls back to PIL.  3 components is what PIL opens as mode ``RGB``.  A
+    baseline JPEG has one scan, so it is complete iff an end-of-image marker follows this SOS.
     """
-    if data[:3] != b"\xff\xd8\xff":
+    f = jpeg_frame(data, to_scan=True)
+    if (f is None or f.sos is None or f.marker not in _SOF_BASELINE or f.precision != 8 or f.components != 3
+            or not f.width or not f.height):
         return None
-    i, n, size = 2, len(data), None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _STANDALONE:
-            i += 2
-            continue
-        if marker == 0xDA:
-            return (*size, i) if size else None
-        length = (data[i + 2] << 8) | data[i + 3]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if size or marker not in _SOF_BASELINE or i + 10 > n or length < 8:
-                return None
-            precision, h, w, comps = data[i + 4], (data[i + 5] << 8) | data[i + 6], \
-                (data[i + 7] << 8) | data[i + 8], data[i + 9]
-            if precision != 8 or comps != 3 or not w or not h:
-                return None
-            size = (w, h)
-        elif length < 2:
-            return None
-        i += 2 + length
-    return None
+    return f.width, f.height, f.sos
 
 
 def _message(exc: Exception) -> str:
