@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 Plan = Dict[str, List[int]]
 
 _PLAN_ATTR = "_pruning_plan"
-_ORIG_ATTR = "_pruning_original_out_channels"
 _SHAPE_ATTR = "_pruning_input_shape"
 
 
@@ -149,7 +148,6 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     cumulative: Dict[str, List[int]] = getattr(model, _PLAN_ATTR, {})
-    original: Dict[str, int] = getattr(model, _ORIG_ATTR, {})
     done: Dict[str, List[int]] = {}  # conv -> kept indices (current numbering) pruned in this call
     removed = 0
     for name in sorted(plan, key=order.__getitem__):
@@ -175,12 +173,10 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
                 raise ValueError(f"plan prunes {member!r} inconsistently with the coupled conv {name!r}; "
                                  "give all members of a coupled group the same indices")
             done[member] = kept_now
-            original.setdefault(member, n)
             before = cumulative.get(member, list(range(n)))
             cumulative[member] = [before[i] for i in kept_now]
         removed += len(drop)
     setattr(model, _PLAN_ATTR, cumulative)
-    setattr(model, _ORIG_ATTR, original)
     setattr(model, _SHAPE_ATTR, list(example_input.shape))
     log.info("removed %d filters from %d conv(s) of %s", removed, len(done), type(model).__name__)
     return model
