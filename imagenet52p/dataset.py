@@ -41,18 +41,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .build.manifest import load_manifest
 from .build.writer import file_sha256
 from .classes import ClassSet
 from .shards import read_tar_samples
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 LABEL_SPACES = ("subset", "imagenet1k")
 EVEN = (None, "pad", "drop")
 ON_ERROR = ("raise", "skip")
 _SKIP_SLOTS = 1024
-BUILD_HINT = "build it with `build-imagenet52p --root IMAGENET --out DIR`"
 
 
 class SampleError(RuntimeError):
@@ -123,27 +122,6 @@ def decode_rgb(data: bytes):
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of: {', '.join(repr(a) for a in allowed)}")
-
-
-def load_manifest(root: str | Path) -> dict:
-    """``root/manifest.json`` of a finished build, checked for presence and format version."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist or is not a directory; {BUILD_HINT}")
-    path = root / "manifest.json"
-    if not path.is_file():
-        partial = any((root / s).is_dir() for s in SPLITS)
-        why = (" (shard folders exist: the build did not finish; rerun the same build-imagenet52p command "
-               "to resume it)" if partial else f"; {BUILD_HINT}")
-        raise FileNotFoundError(f"{path} not found: {root} is not a finished build{why}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); the build is damaged: rebuild it") from None
-    if manifest.get("format") != 1:
-        raise ValueError(f"{path} has format {manifest.get('format')!r}; this imagenet52p reads format 1: "
-                         "upgrade imagenet52p or rebuild the dataset")
-    return manifest
 
 
 def load_classes(root: str | Path, manifest: dict) -> ClassSet:

@@ -175,3 +175,20 @@ def test_cli_help_lists_every_option():
     for opt in ("--root", "--out", "--classes", "--val-per-class", "--seed", "--workers", "--shard-size",
                 "--layout", "--resize", "--on-error", "--allow-missing", "--overwrite"):
         assert opt in r.stdout
+
+
+def test_info_and_verify_refuse_another_format_version(medium, tmp_path):
+    """The CLIs read manifests through the dataset's loader: a manifest of another format version is
+    refused with a clear message, not summarised or verified as if it were format 1."""
+    _, ref = medium
+    out = tmp_path / "future"
+    shutil.copytree(ref, out)
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(dict(man, format=2)))
+    res = CliRunner().invoke(imagenet52p_main, ["info", str(out)])
+    assert res.exit_code == 1 and "format 2" in res.output and "format 1" in res.output
+    with pytest.raises(ValueError, match="format 2"):
+        verify_build(out)
+    (out / "manifest.json").write_text("{not json")
+    res = CliRunner().invoke(imagenet52p_main, ["verify", str(out)])
+    assert res.exit_code == 1 and "not valid JSON" in res.output

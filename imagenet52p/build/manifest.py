@@ -74,18 +74,32 @@ def make_info(manifest: dict, prefix: str) -> dict:
     return {"name": prefix, "num_classes": manifest["class_set"]["num_classes"], "splits": splits}
 
 
+BUILD_HINT = "build it with `build-imagenet52p --root IMAGENET --out DIR`"
+
+
 def load_manifest(out: str | os.PathLike) -> dict:
+    """``out/manifest.json`` of a finished build, checked for presence and format version (the one
+    loader of the CLIs and the dataset).  Raises FileNotFoundError (no directory, no manifest:
+    the message says whether an unfinished build is there to resume) or ValueError (not JSON,
+    another format version)."""
     out = Path(out)
-    path = out / "manifest.json"
     if not out.is_dir():
-        raise FileNotFoundError(f"{out} is not a directory (expected the --out of build-imagenet52p)")
+        raise FileNotFoundError(f"{out} does not exist or is not a directory; {BUILD_HINT}")
+    path = out / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {out} holds no complete build "
-                                f"(rerun build-imagenet52p with the same options to finish it)")
+        if any((out / s).is_dir() for s in SPLITS):
+            raise FileNotFoundError(f"{path} not found: {out} holds no complete build (shard folders exist: the "
+                                    "build did not finish; rerun the same build-imagenet52p command to resume it)")
+        raise FileNotFoundError(f"{path} does not exist: {out} holds no build; {BUILD_HINT}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); rebuild with --overwrite") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the build is damaged: rebuild it with --overwrite") \
+            from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} has format {manifest.get('format')!r}; this imagenet52p reads format "
+                         f"{FORMAT_VERSION}: upgrade imagenet52p or rebuild the dataset")
+    return manifest
 
 
 class _HashingReader:
