@@ -29,6 +29,7 @@ activation is not applied (logged as a warning).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -104,6 +105,10 @@ def _sites_fx(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
                 shared = act_node.target
         elif act_node is not None and act_node.op == "call_function" and act_node.target in _ACT_FUNCTIONS:
             post = _ACT_FUNCTIONS[act_node.target]
+            if post is F.gelu:  # the one parametrised function here: observe the form the model calls
+                approximate = act_node.kwargs.get("approximate",
+                                                  act_node.args[1] if len(act_node.args) > 1 else "none")
+                post = functools.partial(F.gelu, approximate=approximate)
         sites[node.target] = (bn_name, hook, post, shared)
     return sites
 

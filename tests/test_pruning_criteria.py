@@ -349,3 +349,28 @@ def test_every_criterion_runs_on_every_architecture(arch):
     observed_after_activation = [r for r in refs if r.hook_module is not r.bn and r.hook_module is not r.conv
                                  or r.shared_act is not None or r.post is not None]
     assert observed_after_activation  # the fx trace found activations to observe after
+
+
+class _ConvGeluTanh(torch.nn.Module):
+    """conv -> F.gelu(approximate="tanh") as a function call (no module to hook) -> linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.conv(x), approximate="tanh").mean(dim=(2, 3)))
+
+
+def test_functional_activation_is_observed_with_its_own_arguments():
+    torch.manual_seed(0)
+    model = _ConvGeluTanh().double().eval()
+    data = batches(2, 3, size=8, dtype=torch.float64)
+    got = pruning.score_filters(model, "mean_activation", ["conv"], data=data)["conv"]
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in data])
+        tanh = F.gelu(model.conv(x), approximate="tanh").mean(dim=(0, 2, 3))
+        exact = F.gelu(model.conv(x)).mean(dim=(0, 2, 3))
+    assert not torch.allclose(tanh, exact, rtol=0, atol=1e-9)  # the two forms differ measurably here
+    torch.testing.assert_close(got, tanh, rtol=1e-12, atol=1e-12)
