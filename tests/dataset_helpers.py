@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from build_helpers import read_samples
 
 from imagenet52p.build import BuildConfig, build_dataset
 from imagenet52p.classes import load_class_set
@@ -53,17 +54,7 @@ def manifest(out: Path) -> dict:
 
 def tar_samples(out: Path, split: str) -> list[tuple[str, int, dict]]:
     """(key, label, json) of every sample of a split, in manifest/tar order, read with plain tarfile."""
-    rows = []
-    for shard in manifest(out)["splits"][split]["shards"]:
-        with tarfile.open(out / shard["path"]) as tf:
-            members = {m.name: m for m in tf.getmembers()}
-            for name in members:
-                if name.endswith(".cls"):
-                    key = name[:-4]
-                    label = int(tf.extractfile(members[name]).read())
-                    meta = json.loads(tf.extractfile(members[key + ".json"]).read())
-                    rows.append((key, label, meta))
-    return rows
+    return [(s["key"], s["cls"], s["json"]) for s in read_samples(out, manifest(out), split)]
 
 
 def overwrite_member(shard: Path, member: str, data: bytes | None = None) -> None:
