@@ -147,6 +147,7 @@ def run_step(loop, i: int, names: list[str], p: float) -> None:
         t = time.perf_counter()
         apply(loop.model, plan, example_input(loop.rec["input_size"]))
         loop.runtime.prepare(loop.model)
+        loop.runtime.sync()  # surgery's copies on CUDA are asynchronous: time them, not their launch
         t_prune = time.perf_counter() - t
         loop.plans.append(plan)
         modules = dict(loop.model.named_modules())
