@@ -28,7 +28,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import torch
 
 from .config import ExperimentConfig
 from .grid import Cell
-from .results import BENCH_FILE
+from .results import BENCH_FILE, write_json
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +260,4 @@ def _write_bench(run_dir: Path, factory, summary: dict, cell: Cell, cfg, env: Ce
     b = pruning.measure_latency(pruned, shape, bs, device=device, warmup=5, repeats=20)
     doc = {"unpruned_ms": a["median_ms"], "pruned_ms": b["median_ms"], "speedup": a["median_ms"] / b["median_ms"],
            "batch_size": bs, "device": a["device"], "unpruned": a, "pruned": b, **extra}
-    tmp = run_dir / (BENCH_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, run_dir / BENCH_FILE)
+    write_json(run_dir / BENCH_FILE, doc)

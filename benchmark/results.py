@@ -34,12 +34,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CELL_FILE, ERROR_FILE, BENCH_FILE, SUMMARY_FILE = "cell.json", "error.json", "bench.json", "summary.json"
 STATES = ("done", "partial", "failed", "pending")
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented, key-sorted JSON atomically (temporary file named after the pid, so
+    concurrent array tasks writing the same file never share one, then ``os.replace``)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _read_json(path: Path):

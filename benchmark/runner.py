@@ -35,7 +35,7 @@ from pathlib import Path
 from .config import ExperimentConfig
 from .execute import CellEnv, _classes, execute_cell, prepare_cell
 from .grid import Cell, expand_grid, partition
-from .results import BENCH_FILE, CELL_FILE, ERROR_FILE, cell_state
+from .results import BENCH_FILE, CELL_FILE, ERROR_FILE, cell_state, write_json
 
 log = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"
@@ -60,16 +60,10 @@ def code_version() -> str:
     return f"{__version__}+g{commit[:10]}" + (".dirty" if dirty else "")
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent array tasks write experiment.json
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_experiment(cfg: ExperimentConfig, out: Path) -> None:
     doc = {"name": cfg.name, "description": cfg.description, "reference": list(cfg.reference),
            "source": cfg.source, "cells": len(expand_grid(cfg))}
-    _write_json(out / EXPERIMENT_FILE, doc)
+    write_json(out / EXPERIMENT_FILE, doc)
 
 
 def _provenance(cfg: ExperimentConfig, cell: Cell, env: CellEnv, version: str) -> dict:
@@ -86,7 +80,7 @@ def _provenance(cfg: ExperimentConfig, cell: Cell, env: CellEnv, version: str) -
 
 def _record_failure(run_dir: Path, exc_type: str, message: str, tb: str) -> None:
     attempt = 1 + len(list(run_dir.glob("error.*.json")))
-    _write_json(run_dir / ERROR_FILE, {"type": exc_type, "message": message, "traceback": tb,
+    write_json(run_dir / ERROR_FILE, {"type": exc_type, "message": message, "traceback": tb,
                                        "attempt": attempt,
                                        "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
@@ -117,7 +111,7 @@ def run_one(cfg: ExperimentConfig, cell: Cell, env: CellEnv, resume: bool, versi
         os.replace(run_dir / ERROR_FILE, run_dir / f"error.{n}.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     if state != "done":
-        _write_json(run_dir / CELL_FILE, _provenance(cfg, cell, env, version))
+        write_json(run_dir / CELL_FILE, _provenance(cfg, cell, env, version))
     try:
         if nproc_per_node > 1:
             prepare_cell(cfg, cell, env)
