@@ -1,4 +1,4 @@
-"""The benchmark runner and leaderboard (docs/benchmark.md).
+"""The benchmark runner and leaderboard (README.md, section "Benchmark runner and leaderboard").
 
 Modules: :mod:`~benchmark.config` (TOML experiment configs), :mod:`~benchmark.grid` (cells, stable
 ids, partitioning), :mod:`~benchmark.runner` (run a grid with failure recording and resume),

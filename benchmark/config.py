@@ -6,7 +6,7 @@ the file name and the list of valid keys)::
     name = "table1_vgg16"              # required; names the results folder
     description = "..."                # free text, shown in the report
     reference = ["paper_table1"]       # published numbers to show (benchmark.reference)
-    estimate_gpu_hours = 250           # what docs/benchmark.md quotes (informational)
+    estimate_gpu_hours = 250           # what the README quotes (informational)
 
     [data]                             # class-set name -> build directory (build-imagenet52p --out)
     full = "imagenet1k"                # the set the starting model was trained on
@@ -42,7 +42,7 @@ the file name and the list of valid keys)::
 
 Cell fields besides the LoopConfig fields: ``kind`` (:data:`KINDS`), ``model``,
 ``init`` (:data:`INITS`), ``class_set`` (a key of ``[data]``), ``head``
-(:data:`HEADS`).  See docs/benchmark.md for the meaning of each.
+(:data:`HEADS`).  See README.md, "Config schema", for the meaning of each.
 """
 
 from __future__ import annotations

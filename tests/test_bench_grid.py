@@ -123,6 +123,33 @@ def test_every_shipped_config_parses_and_expands():
         assert c.estimate_gpu_hours is not None, name
 
 
+def test_quoted_cell_counts_and_gpu_hours_are_what_the_commands_compute():
+    """The config table of README.md and each config's ``estimate_gpu_hours`` quote ``imagenet52p-bench
+    estimate`` (cells and GPU-hours rounded to the hour); a changed grid or formula must update them."""
+    from pathlib import Path
+
+    from benchmark.estimate import estimate
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Benchmark runner and leaderboard"):]
+    section = section[section.index("### Configs"):section.index("#### What a GPU user runs")]
+    rows = {}
+    for line in section.splitlines():
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cols) == 4:
+            rows[cols[0].strip("`")] = (int(cols[2]), cols[3])
+    assert set(rows) == set(list_configs())  # every shipped config is in the table, and only those
+    for name, (cells, hours) in rows.items():
+        c = load_config(name)
+        assert cells == len(expand_grid(c)), name
+        if name == "demo":  # a CPU demo: no ImageNet sizes, timed by scripts/demo.py instead
+            assert c.estimate_gpu_hours == 0 and hours.startswith("0 "), hours
+            continue
+        e = estimate(c)["gpu_hours"]
+        assert float(hours) == c.estimate_gpu_hours, name
+        assert abs(e - c.estimate_gpu_hours) <= 0.5, (name, e)
+
+
 def test_paper_grids_have_the_paper_shape():
     t1 = expand_grid(load_config("table1_vgg16"))
     crit = {c.criterion for c in t1 if not c.is_baseline}
