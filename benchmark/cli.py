@@ -161,8 +161,9 @@ def leaderboard_cmd(results, fmt, output, note) -> None:
         click.echo(text, nl=False)
 
 
-def render(results, fmt: str, note: str | None = None) -> str:
-    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``html``, ``json``)."""
+def render(results, fmt: str, note: str | None = None, board: dict | None = None) -> str:
+    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``html``, ``json``).  ``board``: RESULTS already
+    aggregated by :func:`benchmark.leaderboard.build_leaderboard`, to render several formats from one scan."""
     from . import formats
     from .leaderboard import build_leaderboard
     from .report import render_html
@@ -170,7 +171,8 @@ def render(results, fmt: str, note: str | None = None) -> str:
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    board = build_leaderboard(results)
+    if board is None:
+        board = build_leaderboard(results)
     exp_file = Path(results) / EXPERIMENT_FILE
     exp = json.loads(exp_file.read_text()) if exp_file.is_file() else {}
     title = f"Leaderboard: {exp.get('name', Path(results).name)}"

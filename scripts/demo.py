@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     from benchmark.config import load_config
     from benchmark.execute import CellEnv
     from benchmark.grid import expand_grid
+    from benchmark.leaderboard import build_leaderboard
     from benchmark.runner import run_grid
 
     cfg = load_config("demo")
@@ -100,12 +101,12 @@ def main(argv=None) -> int:
     counts = run_grid(cfg, env, resume=True)
     print(f"  {counts} ({time.perf_counter() - t:.1f}s)")
     print("[4/4] leaderboard\n")
-    md = render(results, "md", SYNTHETIC_NOTE)
-    print(md)
-    for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv"), ("json", "leaderboard.json"),
-                      ("html", "report.html")):
-        (out / f"{name.split('.')[0]}{sfx}.{name.split('.')[1]}").write_text(render(results, fmt, SYNTHETIC_NOTE),
-                                                                             encoding="utf-8")
+    board = build_leaderboard(results)  # one scan of the run directories for every format
+    for fmt, name in (("md", "leaderboard"), ("csv", "leaderboard"), ("json", "leaderboard"), ("html", "report")):
+        text = render(results, fmt, SYNTHETIC_NOTE, board)
+        (out / f"{name}{sfx}.{fmt}").write_text(text, encoding="utf-8")
+        if fmt == "md":
+            print(text)
     print(SYNTHETIC_NOTE)
     print(f"HTML report: {(out / f'report{sfx}.html').resolve()}")
     print(f"(also {out / f'leaderboard{sfx}.md'}, .csv, .json; total {time.perf_counter() - t0:.0f}s)")
