@@ -153,12 +153,9 @@ def rank_overall(tables: list[dict]) -> list[dict]:
                     damages[c].append(col[c]["damage"])
                 if "random" in col:
                     deltas[c].append(col[c]["top1"] - col["random"]["top1"])
-    out = []
-    for c, rks in rank_lists.items():
-        out.append({"criterion": c, "mean_rank": sum(rks) / len(rks), "columns": len(rks),
-                    "wins": sum(r == 1 for r in rks), "mean_top1": sum(top1s[c]) / len(top1s[c]),
-                    "vs_random": (sum(deltas[c]) / len(deltas[c])) if deltas[c] else None,
-                    "mean_damage": (sum(damages[c]) / len(damages[c])) if damages[c] else None})
+    out = [{"criterion": c, "mean_rank": mean_std(rks)[0], "columns": len(rks), "wins": sum(r == 1 for r in rks),
+            "mean_top1": mean_std(top1s[c])[0], "vs_random": mean_std(deltas[c])[0],
+            "mean_damage": mean_std(damages[c])[0]} for c, rks in rank_lists.items()]
     return sorted(out, key=lambda o: (o["mean_rank"], o["criterion"]))
 
 

@@ -189,8 +189,13 @@ def test_leaderboard_numbers_equal_the_run_summaries(setup):
     ranks = {o["criterion"]: o for o in b["overall"]}
     assert set(ranks) == {"l1", "random"}
     better = max(full["entries"], key=lambda e: e["top1"])["criterion"]
+    full_by_crit = {e["criterion"]: e for e in full["entries"]}
     if full["entries"][0]["top1"] != full["entries"][1]["top1"]:
-        assert ranks[better]["mean_rank"] == 1.0
+        assert ranks[better]["mean_rank"] == 1.0 and ranks[better]["wins"] == 1
+    for e in full["entries"]:  # one column: the ranking's means are that column's entries
+        o = ranks[e["criterion"]]
+        assert o["columns"] == 1 and o["mean_top1"] == e["top1"] and o["mean_damage"] == e["damage"]
+        assert o["vs_random"] == pytest.approx(e["top1"] - full_by_crit["random"]["top1"], abs=1e-12)
 
 
 def test_formats_agree(setup):
