@@ -72,7 +72,8 @@ class ActivationStats:
             for b in self.bins:
                 j = torch.floor((s - self.lo) / self._span * b).clamp_(0, b - 1).long()
                 flat = (j + self._offset * b).reshape(-1)
-                self.hist[b] += torch.bincount(flat, minlength=channels * b).view(channels, b)
+                # index_add_, not bincount: CUDA's bincount reads the input's max on the host (a sync per batch)
+                self.hist[b].view(-1).index_add_(0, flat, torch.ones_like(flat))
 
     def _check(self) -> None:
         if self.num_images == 0:

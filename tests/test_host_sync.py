@@ -1,0 +1,188 @@
+"""No host-device synchronisation per batch in the hot loops (training, evaluation, statistics passes).
+
+On a GPU the host runs ahead of the device; every read of a device value on the host (``.item()``,
+``bool(t)``, ``.tolist()``, boolean-mask indexing, ``nonzero``, ``bincount``, ...) stalls it until the
+device has caught up.  One such read per batch is enough to cost the loop its overhead target, and it is
+invisible on the CPU.  These tests run the real loops on CPU under a ``TorchDispatchMode`` that counts every
+ATen op known to force that synchronisation on CUDA, and check that the count does not grow with the
+number of batches.  The data are pre-made batches in a list, so the only ops seen are the loop's own.
+On a GPU, ``test_no_sync_on_cuda`` checks the same with ``torch.cuda.set_sync_debug_mode("error")``.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pruning.loop.data import DataStream
+from pruning.loop.evaluate import evaluate
+from pruning.loop.models import make_model
+from pruning.loop.train import Runtime, make_optimizer, train_chunk
+
+# ATen ops whose CUDA kernels read a device value on the host (the output size or a scalar result)
+_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "_unique2", "unique_dim",
+            "unique_consecutive", "repeat_interleave", "equal", "is_nonzero", "histc", "masked_scatter"}
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts the ops of ``_SYNCING``, indexing with a boolean mask, and ``Tensor.tolist/numpy/cpu`` calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+        self._patched = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in _SYNCING:
+            self.counts[name] += 1
+        elif name in ("index", "index_put", "index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())):
+            self.counts[f"{name}[bool mask]"] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        for meth in ("tolist", "numpy", "cpu"):
+            orig = getattr(torch.Tensor, meth)
+            self._patched[meth] = orig
+
+            def counted(t, *a, _orig=orig, _meth=meth, **k):
+                self.counts[f"Tensor.{_meth}"] += 1
+                return _orig(t, *a, **k)
+
+            setattr(torch.Tensor, meth, counted)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for meth, orig in self._patched.items():
+            setattr(torch.Tensor, meth, orig)
+        return super().__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _batches(n, batch=4, size=16, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
+             torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+
+
+def _syncs(fn, n):
+    data = _batches(n)
+    with HostSyncCounter() as counter:
+        fn(data)
+    return counter
+
+
+def test_counter_sees_the_usual_ways_of_reading_a_device_value():
+    x = torch.randn(8, 3)
+    with HostSyncCounter() as c:
+        x.sum().item()
+        bool(x.sum() > 0)
+        x[x > 0]
+        x.nonzero()
+        torch.bincount(torch.tensor([1, 2]))
+        x.tolist()
+    assert c.counts["_local_scalar_dense"] == 2 and c.counts["index[bool mask]"] == 1
+    assert c.counts["nonzero"] == 1 and c.counts["bincount"] == 1 and c.counts["Tensor.tolist"] == 1
+    with HostSyncCounter() as c:  # device-side ops only
+        (x * 2).sum(dim=0).add_(1)
+        x[torch.tensor([0, 2])]
+    assert c.total == 0
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_training_does_not_synchronise_per_batch(accum):
+    rt = Runtime(torch.device("cpu"), amp=True, channels_last=True)  # the CUDA settings, on the CPU
+
+    def run(data):
+        model = rt.prepare(make_model("tinyvgg", 10, seed=0))
+        opt = make_optimizer(model, 0.01, 0.9, 1e-4)
+        stats = train_chunk(model, DataStream(data, name="train"), 0, 4 * len(data), opt, rt, accum_steps=accum,
+                            lr_fn=lambda t: 0.01)
+        assert stats.images == 4 * len(data)
+
+    few, many = _syncs(run, 2), _syncs(run, 6)
+    assert few.counts == many.counts, (few.counts, many.counts)
+    assert few.total <= 1  # the loss total, read once at the end of the chunk
+
+
+@pytest.mark.parametrize("subset", [None, [1, 3, 5, 7]])
+def test_evaluation_does_not_synchronise_per_batch(subset):
+    rt = Runtime(torch.device("cpu"))
+    model = make_model("tinyvgg", 10, seed=0)
+
+    def run(data):
+        if subset is not None:  # labels of the subset's classes only
+            data = [(x, torch.tensor(subset)[y % len(subset)]) for x, y in data]
+        r = evaluate(model, DataStream(data, shuffle=False, name="val"), rt, logit_subset=subset)
+        assert r["images"] == 4 * len(data)
+
+    few, many = _syncs(run, 2), _syncs(run, 6)
+    assert few.counts == many.counts, (few.counts, many.counts)
+
+
+@pytest.mark.parametrize("criterion", ["mean_activation", "apoz", "entropy", "scaled_entropy", "sensitivity",
+                                       "sensitivity_batch", "taylor", "class_specific"])
+def test_statistics_passes_do_not_synchronise_per_batch(criterion):
+    """The scoring pass of each data-driven criterion (the accumulators stay on the device)."""
+    import pruning
+    model = make_model("tinyvgg", 10, seed=0).eval()
+    extra = {"classes": [1, 3]} if pruning.get_criterion(criterion).requires_classes else {}
+
+    def run(data):
+        batches = [(x.float() / 255, y) for x, y in data]
+        pruning.score_filters(model, criterion, ["features.4", "features.8"], batches, **extra)
+
+    few, many = _syncs(run, 2), _syncs(run, 6)
+    if extra:  # the class filter masks the batch on the host, before the copy to the device: not a sync
+        few.counts.pop("index[bool mask]", None), many.counts.pop("index[bool mask]", None)
+    assert few.counts == many.counts, (criterion, few.counts, many.counts)
+
+
+def _cuda_syncs(fn) -> int:
+    """Synchronising CUDA calls made by ``fn()``, as reported by ``torch.cuda.set_sync_debug_mode``."""
+    import warnings
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.gpu
+def test_no_sync_per_batch_on_cuda():
+    """The same claims checked by CUDA itself: the number of synchronising calls of a training chunk, an
+    evaluation and an activation-statistics pass does not grow with the number of batches."""
+    from pruning.layers import resolve_layers
+    from pruning.stats import collect_activations
+    rt = Runtime.create("cuda")
+    model = rt.prepare(make_model("tinyvgg", 10, seed=0))
+    opt = make_optimizer(model, 0.01, 0.9, 1e-4)
+    refs = resolve_layers(model, ["features.4", "features.8"])
+
+    def data(n):
+        return [(x.pin_memory(), y.pin_memory()) for x, y in _batches(n, batch=8, size=32)]
+
+    def train(d):
+        train_chunk(model, DataStream(d), 0, 8 * len(d), opt, rt)
+
+    def stats(d):
+        collect_activations(model, refs, [rt.to_device(x, y) for x, y in d], bins=[16])
+
+    def val(d):
+        evaluate(model, DataStream(d, shuffle=False), rt, logit_subset=[1, 3, 5])
+
+    for fn in (train, stats, val):
+        fn(data(2))  # warm-up: lazy initialisation may synchronise once
+        few, many = _cuda_syncs(lambda: fn(data(2))), _cuda_syncs(lambda: fn(data(6)))
+        assert few == many, (fn.__name__, few, many)
