@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: all install wordnet test test-heavy demo bench clean
+.PHONY: all install wordnet test test-heavy demo bench-gpu clean
 
 all: test
 
@@ -39,6 +39,11 @@ test-heavy: $(STAMP) wordnet
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+# Every GPU measurement of the README in one folder (needs a CUDA GPU; see scripts/bench_gpu.sh).
+BENCH_OUT ?= bench_gpu_out
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) bash scripts/bench_gpu.sh $(BENCH_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) build dist *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""Benchmarks of the loop (``python -m pruning.loop.bench ...``; numbers in docs/loop.md).
+"""Benchmarks of the loop (``python -m pruning.loop.bench ...``; numbers in the README, "Algorithm 1").
 
 ``steps``: wall time of each Algorithm 1 layer step (scoring, surgery, damage
 eval, ``p`` epochs of fine-tuning, recovery eval) for a model on synthetic
@@ -8,10 +8,16 @@ in-memory data, from the run's own ``timing.json``.
 (:func:`pruning.loop.train.train_chunk` over a :class:`~pruning.loop.data.DataStream`,
 with bf16 autocast + channels_last on CUDA) against a minimal hand-written
 PyTorch loop (DataLoader -> ``.to(device)`` -> forward/backward/step, the same
-autocast, memory format, optimizer and batch size), on the same uint8 data in
-the same process.  Each side gets a warm-up pass, then ``--repeats`` timed
-passes (median reported); the GPU is synchronised at the end of each pass.
-Ratio = ours / baseline images/s (1.0 = no overhead).
+autocast, memory format, optimizer and batch size), on the same data in the
+same process: random uint8 images in memory (compute-bound), or with
+``--data BUILD`` one pass over a build's train split through the loop's own
+shard loaders (decoding included).  Each side gets a warm-up pass, then
+``--repeats`` timed passes (the median is reported, with its data time =
+waiting for the next batch incl. the host-to-device copy call, and compute
+time = the rest); the GPU is synchronised at the end of each pass.
+Ratio = ours / baseline images/s (1.0 = no overhead).  An evaluation pass of
+ours is timed too (``eval.images_per_s``, for ``imagenet52p-bench estimate``).
+``--model resnet50,vgg16`` measures several models in one run.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..cost import device_name
 from .config import RunOptions
 from .data import DataStream
 from .engine import prune_finetune
@@ -44,7 +53,7 @@ def bench_steps(model_name: str = "tinyvgg", classes: int = 10, per_class: int =
         s = prune_finetune(model, criterion, 0.5, layers, train, val, p=p, q=0, batch_size=batch_size, lr=0.01,
                            out_dir=out, options=RunOptions(progress=False, device="cpu"))
         total = time.perf_counter() - t
-        timing = json.loads((__import__("pathlib").Path(out) / "timing.json").read_text())
+        timing = json.loads((Path(out) / "timing.json").read_text())
     rows = []
     for step, tm in zip(s["steps"], timing["steps"]):
         rows.append({"layer": step["layer"], "filters": f"{step['filters_before']}->{step['filters_kept']}",
@@ -54,62 +63,108 @@ def bench_steps(model_name: str = "tinyvgg", classes: int = 10, per_class: int =
             "total_s": round(total, 2)}
 
 
-def _minimal_loop(model, loader, device, amp, channels_last, lr):
+def _minimal_loop(model, loader, device, amp, channels_last, lr, normalize=None):
+    """The baseline: a minimal hand-written PyTorch training loop (timed data waits, nothing else added)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     n = 0
-    for x, y in loader:
-        x = x.to(device, non_blocking=True).float().div_(255)
+    data_time = 0.0
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        if batch is None:
+            break
+        x = batch[0].to(device, non_blocking=True)
+        x = normalize(x) if normalize is not None else x.float().div_(255)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        y = batch[1].to(device, non_blocking=True)
+        data_time += time.perf_counter() - t0
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         n += len(y)
-    return n
+    return n, data_time
 
 
-def bench_throughput(model_name: str, device: str | None = None, batch_size: int = 64, images: int = 1024,
-                     size: int = 224, repeats: int = 3, num_workers: int = 0) -> dict:
-    rt = Runtime.create(device)
+def _in_memory(images: int, size: int):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (images, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 1000, (images,), generator=g)
-    ds = TensorDataset(x, y)
+    return TensorDataset(x, y)
+
+
+def bench_throughput(model_name: str, device: str | None = None, batch_size: int = 64, images: int = 1024,
+                     size: int = 224, repeats: int = 3, num_workers: int = 0, data: str | None = None,
+                     eval_pass: bool = True) -> dict:
+    """Training images/s of our loop vs :func:`_minimal_loop` on the same data (module docstring).
+
+    ``data=None``: ``images`` random uint8 images in memory (the loader costs nothing: compute-bound).
+    ``data=BUILD``: one pass over the train split of a build (``build-imagenet52p --out``) through the
+    loop's own loaders (:func:`pruning.loop.loaders.open_data`: shard reading, JPEG decoding, random
+    resized crop, ``Normalize`` on the device) for both sides, which shows whether the data pipeline
+    keeps up.  ``eval_pass``: also time one evaluation pass of ours (for ``imagenet52p-bench estimate``).
+    """
+    from .evaluate import evaluate
+    rt = Runtime.create(device)
+    if data is None:
+        train_data = _in_memory(images, size)
+        eval_data = train_data
+        num_classes = 1000
+
+        def baseline_loader(r):
+            return DataLoader(train_data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                              pin_memory=rt.is_cuda, generator=torch.Generator().manual_seed(r))
+    else:
+        from .loaders import open_data
+        rd = open_data(data, image_size=size, batch_size=batch_size, num_workers=num_workers)
+        train_data, eval_data, num_classes = rd.train, rd.val, rd.num_labels
+        rt.normalize = rd.batch_transform
+
+        def baseline_loader(r):
+            rd.train.dataset.set_epoch(r)
+            return rd.train
     results = {}
     for side in ("baseline", "ours", "baseline", "ours"):  # interleaved; the first of each is the warm-up
-        model = rt.prepare(make_model(model_name, 1000, seed=0))
-        times = []
+        model = rt.prepare(make_model(model_name, num_classes, seed=0))
+        times, data_times, stats = [], [], None
         for r in range(repeats if side in results else 1):
             rt.sync()
             t = time.perf_counter()
             if side == "baseline":
-                loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                    pin_memory=rt.is_cuda, generator=torch.Generator().manual_seed(r))
-                n = _minimal_loop(model, loader, rt.device, rt.amp, rt.channels_last, 0.01)
+                n, dt = _minimal_loop(model, baseline_loader(r), rt.device, rt.amp, rt.channels_last, 0.01,
+                                      rt.normalize)
                 rt.sync()
-                stats = None
             else:
-                stream = DataStream(ds, batch_size, seed=r, num_workers=num_workers, pin_memory=rt.is_cuda)
+                stream = DataStream(train_data, batch_size, seed=r, num_workers=num_workers, pin_memory=rt.is_cuda)
                 opt = make_optimizer(model, 0.01, 0.9, 1e-4)
-                stats = train_chunk(model, stream, r, images, opt, rt)
-                n = stats.images
+                stats = train_chunk(model, stream, r, stream.pass_images, opt, rt)
+                n, dt = stats.images, stats.data_time
             times.append(time.perf_counter() - t)
-        if side in results:
-            med = statistics.median(times)
-            results[side] = {"images_per_s": round(n / med, 1), "median_s": round(med, 3),
-                             "spread_s": round(max(times) - min(times), 3)}
-            if stats is not None:
-                results[side].update(data_time_s=round(stats.data_time, 3), compute_time_s=round(stats.compute_time, 3))
-        else:
+            data_times.append(dt)
+        if side not in results:
             results[side] = None
-    dev_name = torch.cuda.get_device_name(rt.device) if rt.is_cuda else "cpu"
-    return {"model": model_name, "device": dev_name, "dtype": "bf16" if rt.amp else "fp32",
-            "channels_last": rt.channels_last, "batch_size": batch_size, "images": images, "input": [3, size, size],
+            continue
+        i = times.index(statistics.median_low(times))
+        results[side] = {"images": n, "images_per_s": round(n / times[i], 1), "median_s": round(times[i], 3),
+                         "spread_s": round(max(times) - min(times), 3), "data_time_s": round(data_times[i], 3),
+                         "compute_time_s": round(times[i] - data_times[i], 3)}
+        if side == "ours" and eval_pass:
+            stream = DataStream(eval_data, batch_size, shuffle=False, num_workers=num_workers, pin_memory=rt.is_cuda)
+            evaluate(model, stream, rt)  # warm-up (cudnn picks eval kernels)
+            rt.sync()
+            t = time.perf_counter()
+            ev = evaluate(model, stream, rt)
+            results["eval"] = {"images": ev["images"], "images_per_s": round(ev["images"] / (time.perf_counter() - t), 1)}
+    if results["baseline"]["images"] != results["ours"]["images"]:
+        raise RuntimeError(f"the two loops trained on different numbers of images: {results}")
+    return {"model": model_name, "device": device_name(rt.device), "dtype": "bf16" if rt.amp else "fp32",
+            "channels_last": rt.channels_last, "batch_size": batch_size, "input": [3, size, size],
+            "data": data or f"in-memory uint8, {images} images", "workers": num_workers,
             "threads": torch.get_num_threads(), **results,
             "ratio_ours_over_baseline": round(results["ours"]["images_per_s"] / results["baseline"]["images_per_s"], 3)}
 
@@ -126,22 +181,34 @@ def main(argv=None) -> int:
     a.add_argument("--criterion", default="l1")
     a.add_argument("--threads", type=int, default=None)
     b = sub.add_parser("throughput")
-    b.add_argument("--model", default="resnet50")
+    b.add_argument("--model", default="resnet50", help="a model name, or several separated by commas")
     b.add_argument("--device", default=None)
     b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--images", type=int, default=1024)
+    b.add_argument("--images", type=int, default=1024, help="in-memory images (without --data)")
+    b.add_argument("--data", default=None, help="a build directory: one pass over its train split")
     b.add_argument("--size", type=int, default=224)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--workers", type=int, default=0)
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--no-eval", action="store_true", help="skip the evaluation pass")
+    b.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cmd == "steps":
         out = bench_steps(args.model, args.classes, args.per_class, args.size, args.p, criterion=args.criterion)
     else:
-        out = bench_throughput(args.model, args.device, args.batch_size, args.images, args.size, args.repeats,
-                               args.workers)
+        out = []
+        for name in args.model.split(","):
+            r = bench_throughput(name, args.device, args.batch_size, args.images, args.size, args.repeats,
+                                 args.workers, args.data, not args.no_eval)
+            print(f"{name}: ours {r['ours']['images_per_s']} img/s vs minimal loop {r['baseline']['images_per_s']} "
+                  f"img/s, ratio {r['ratio_ours_over_baseline']} (data {r['ours']['data_time_s']} s of "
+                  f"{r['ours']['median_s']} s)", file=sys.stderr)
+            out.append(r)
+        out = out[0] if len(out) == 1 else out
+    if getattr(args, "out", None):
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0
 
