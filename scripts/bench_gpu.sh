@@ -10,6 +10,7 @@
 #                                channels_last, batch 256, in-memory data (compute-bound), + eval images/s
 #   OUT/loop_throughput_data.json  the same through the loop's own shard loaders on a build of ~100 KB
 #                                500x375 JPEGs (shows whether JPEG decoding keeps up: data vs compute time)
+#   OUT/overhead.json            host time per optimizer step our loop adds (near-free model: launch-bound)
 #   OUT/speedup.json             scripts/bench_speedup.py --gpu-extra (pruned-model latency, batch 256 bf16)
 #   OUT/stats.json               scripts/bench_stats.py (statistics pass vs plain forward)
 #   OUT/loader.txt               scripts/bench_loader.py --gpu-decode (loader throughput, nvJPEG eval path)
@@ -37,11 +38,13 @@ if [ "$SMOKE" = 1 ]; then
     MODELS=tinyvgg; BS=8; IMAGES=32; SIZE=32; PER_CLASS=3; HOLD=1; W=64; H=48; REPEATS=1
     SPEEDUP=(--configs vgg16:vgg16 --ratios 0.5 --batch-sizes 1 --size 32 --repeat 1)
     STATS=(--models resnet18 --size 32 --batch-size 2 --batches 1 --repeat 1)
+    OVERHEAD=(--steps 20 --repeats 1)
     LOADER=(--images 52 --batch-size 8 --workers 0 --repeat 1 --cache "$OUT/loader_cache")
 else
     MODELS=resnet50,vgg16; BS=256; IMAGES=5120; SIZE=224; PER_CLASS=110; HOLD=10; W=500; H=375; REPEATS=3
     SPEEDUP=(--gpu-extra)
     STATS=()
+    OVERHEAD=()
     LOADER=(--gpu-decode --workers "$WORKERS" --batch-size 256 --cache "$OUT/loader_cache")
 fi
 
@@ -65,6 +68,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 step loop-throughput $PY -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" --batch-size "$BS" \
     --images "$IMAGES" --size "$SIZE" --repeats "$REPEATS" --out "$OUT/loop_throughput.json"
+step overhead bash -c "$PY -m pruning.loop.bench overhead --device $DEVICE ${OVERHEAD[*]} >'$OUT/overhead.json'"
 if [ ! -f "$OUT/data/build/manifest.json" ]; then
     step fake-tree $PY scripts/make_fake_imagenet.py "$OUT/data/tree" --train-per-class "$PER_CLASS" \
         --val-per-class "$HOLD" --width "$W" --height "$H" --noise 40

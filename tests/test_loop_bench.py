@@ -58,7 +58,7 @@ def test_gpu_bench_script_runs_every_step_in_smoke_mode(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
-    for name in ("loop_throughput.json", "loop_throughput_data.json", "speedup.json", "stats.json", "loader.json"):
+    for name in ("loop_throughput.json", "overhead.json", "loop_throughput_data.json", "speedup.json", "stats.json", "loader.json"):
         assert json.loads((out / name).read_text()), name
     assert json.loads((out / "loop_throughput_data.json").read_text())["data"] == str(out / "data" / "build")
     assert "torch" in (out / "env.txt").read_text()
@@ -74,3 +74,12 @@ def test_gpu_bench_script_refuses_without_cuda(tmp_path):
     proc = subprocess.run(["bash", str(root / "scripts" / "bench_gpu.sh"), str(tmp_path / "out")],
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "torch.cuda.is_available() is False" in proc.stderr
+
+
+def test_overhead_reports_the_added_host_time_per_step():
+    proc = subprocess.run([sys.executable, "-m", "pruning.loop.bench", "overhead", "--steps", "40", "--repeats", "2",
+                           "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["steps"] == 40 and r["baseline_us_per_step"] > 0 and r["ours_us_per_step"] > 0
+    assert abs(r["added_us_per_step"] - (r["ours_us_per_step"] - r["baseline_us_per_step"])) <= 0.11

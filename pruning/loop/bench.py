@@ -18,6 +18,9 @@ time = the rest); the GPU is synchronised at the end of each pass.
 Ratio = ours / baseline images/s (1.0 = no overhead).  An evaluation pass of
 ours is timed too (``eval.images_per_s``, for ``imagenet52p-bench estimate``).
 ``--model resnet50,vgg16`` measures several models in one run.
+
+``overhead``: the host time per optimizer step our loop adds to the minimal
+loop, measured with a model that costs almost nothing (:func:`bench_overhead`).
 """
 
 from __future__ import annotations
@@ -169,6 +172,43 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
             "ratio_ours_over_baseline": round(results["ours"]["images_per_s"] / results["baseline"]["images_per_s"], 3)}
 
 
+def bench_overhead(steps: int = 2000, batch_size: int = 4, repeats: int = 5, device: str | None = None) -> dict:
+    """Host time per optimizer step that our loop adds to the minimal loop, with a model that costs
+    almost nothing (1x1 conv -> pool -> linear on 8x8 images), so the difference of the two per-step
+    times is the loop's own bookkeeping (stream, LR setting, DDP/accumulation logic, progress).  On a
+    GPU that time overlaps with the device's work as long as no step waits for the device
+    (tests/test_host_sync.py); the overhead a GPU run can show is at most this time divided by the
+    GPU's time per step."""
+    rt = Runtime.create(device)
+    ds = _in_memory(steps * batch_size, 8)
+
+    def tiny():
+        torch.manual_seed(0)
+        return rt.prepare(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                        nn.Linear(8, 1000)))
+
+    per_step = {"baseline": [], "ours": []}
+    for r in range(repeats + 1):  # the first round is the warm-up
+        for side in ("baseline", "ours"):
+            model = tiny()
+            rt.sync()
+            t = time.perf_counter()
+            if side == "baseline":
+                loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(r))
+                _minimal_loop(model, loader, rt.device, rt.amp, rt.channels_last, 0.01)
+            else:
+                train_chunk(model, DataStream(ds, batch_size, seed=r), r, len(ds), make_optimizer(model, 0.01, 0.9, 1e-4),
+                            rt, lr_fn=lambda t: 0.01)
+            rt.sync()
+            if r:
+                per_step[side].append((time.perf_counter() - t) / steps * 1e6)
+    base, ours = statistics.median(per_step["baseline"]), statistics.median(per_step["ours"])
+    return {"device": device_name(rt.device), "steps": steps, "batch_size": batch_size, "repeats": repeats,
+            "baseline_us_per_step": round(base, 1), "ours_us_per_step": round(ours, 1),
+            "added_us_per_step": round(ours - base, 1),
+            "spread_us": {k: round(max(v) - min(v), 1) for k, v in per_step.items()}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -180,6 +220,12 @@ def main(argv=None) -> int:
     a.add_argument("--p", type=float, default=1.0)
     a.add_argument("--criterion", default="l1")
     a.add_argument("--threads", type=int, default=None)
+    c = sub.add_parser("overhead")
+    c.add_argument("--steps", type=int, default=2000)
+    c.add_argument("--batch-size", type=int, default=4)
+    c.add_argument("--repeats", type=int, default=5)
+    c.add_argument("--device", default=None)
+    c.add_argument("--threads", type=int, default=None)
     b = sub.add_parser("throughput")
     b.add_argument("--model", default="resnet50", help="a model name, or several separated by commas")
     b.add_argument("--device", default=None)
@@ -197,6 +243,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.cmd == "steps":
         out = bench_steps(args.model, args.classes, args.per_class, args.size, args.p, criterion=args.criterion)
+    elif args.cmd == "overhead":
+        out = bench_overhead(args.steps, args.batch_size, args.repeats, args.device)
     else:
         out = []
         for name in args.model.split(","):
