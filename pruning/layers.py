@@ -44,11 +44,44 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("vgg16", "resnet50-16", "resnet50-32", "all")
 
-# Activation modules (hooked directly: their output is the observed map) and activation functions with
-# the out-of-place form applied to the conv/BN output in the hook (``LayerRef.post``).
-_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Mish)
-_ACT_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6, F.silu: F.silu,
-                  F.hardswish: F.hardswish, F.gelu: F.gelu, F.mish: F.mish}
+# Activation modules (hooked directly: their output is the observed map).
+_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Mish, nn.ELU, nn.CELU,
+                nn.SELU, nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.PReLU)
+# Activation functions and methods: target -> (out-of-place function applied to the conv/BN output in the
+# hook, ``LayerRef.post``; names of its positional parameters after the input).  The call's own arguments
+# (a LeakyReLU slope, GELU's approximation, ...) are bound into ``post``; ``inplace`` is dropped, since the
+# hook must not modify the tensor the model goes on to use.
+_ACT_FUNCTIONS = {
+    F.relu: (F.relu, ("inplace",)), torch.relu: (F.relu, ()), F.relu_: (F.relu, ()), torch.relu_: (F.relu, ()),
+    F.relu6: (F.relu6, ("inplace",)), F.silu: (F.silu, ("inplace",)), F.hardswish: (F.hardswish, ("inplace",)),
+    F.mish: (F.mish, ("inplace",)), F.selu: (F.selu, ("inplace",)), F.hardsigmoid: (F.hardsigmoid, ("inplace",)),
+    F.gelu: (F.gelu, ("approximate",)),
+    F.leaky_relu: (F.leaky_relu, ("negative_slope", "inplace")), F.leaky_relu_: (F.leaky_relu, ("negative_slope",)),
+    F.elu: (F.elu, ("alpha", "inplace")), F.elu_: (F.elu, ("alpha",)), F.celu: (F.celu, ("alpha", "inplace")),
+    F.hardtanh: (F.hardtanh, ("min_val", "max_val", "inplace")), F.hardtanh_: (F.hardtanh, ("min_val", "max_val")),
+    torch.sigmoid: (torch.sigmoid, ()), torch.tanh: (torch.tanh, ()), F.sigmoid: (torch.sigmoid, ()),
+    F.tanh: (torch.tanh, ()),
+}
+_ACT_METHODS = {"relu": (F.relu, ()), "relu_": (F.relu, ()), "sigmoid": (torch.sigmoid, ()),
+                "sigmoid_": (torch.sigmoid, ()), "tanh": (torch.tanh, ()), "tanh_": (torch.tanh, ())}
+
+
+def _activation_post(node: torch.fx.Node) -> Optional[Callable]:
+    """The out-of-place form of the activation function/method call ``node`` with its own constant
+    arguments bound, or None when ``node`` is not one (or an argument is itself computed in the graph)."""
+    if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
+        fn, names = _ACT_FUNCTIONS[node.target]
+    elif node.op == "call_method" and node.target in _ACT_METHODS:
+        fn, names = _ACT_METHODS[node.target]
+    else:
+        return None
+    params = {**dict(zip(names, node.args[1:])), **node.kwargs}
+    params.pop("inplace", None)
+    if any(isinstance(v, torch.fx.Node) for v in params.values()):
+        log.warning("%s: the arguments of %s are computed in the graph; observing its input instead",
+                    node.name, node.target)
+        return None
+    return functools.partial(fn, **params) if params else fn
 
 
 @dataclasses.dataclass
@@ -103,12 +136,8 @@ def _sites_fx(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
                 hook = act_node.target
             else:
                 shared = act_node.target
-        elif act_node is not None and act_node.op == "call_function" and act_node.target in _ACT_FUNCTIONS:
-            post = _ACT_FUNCTIONS[act_node.target]
-            if post is F.gelu:  # the one parametrised function here: observe the form the model calls
-                approximate = act_node.kwargs.get("approximate",
-                                                  act_node.args[1] if len(act_node.args) > 1 else "none")
-                post = functools.partial(F.gelu, approximate=approximate)
+        elif act_node is not None:
+            post = _activation_post(act_node)
         sites[node.target] = (bn_name, hook, post, shared)
     return sites
 

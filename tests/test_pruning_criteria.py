@@ -374,3 +374,44 @@ def test_functional_activation_is_observed_with_its_own_arguments():
         exact = F.gelu(model.conv(x)).mean(dim=(0, 2, 3))
     assert not torch.allclose(tanh, exact, rtol=0, atol=1e-9)  # the two forms differ measurably here
     torch.testing.assert_close(got, tanh, rtol=1e-12, atol=1e-12)
+
+
+class _ConvThen(torch.nn.Module):
+    """conv -> ``act`` (a function, method or module call in forward) -> linear head."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4, 5)
+        self.act = act
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name, act", [
+    ("F.leaky_relu(x, 0.3)", lambda x: F.leaky_relu(x, 0.3)),
+    ("F.leaky_relu(x, negative_slope=0.3, inplace=True)", lambda x: F.leaky_relu(x, negative_slope=0.3, inplace=True)),
+    ("F.elu(x, alpha=0.5)", lambda x: F.elu(x, alpha=0.5)),
+    ("F.hardtanh(x, -0.2, 0.3)", lambda x: F.hardtanh(x, -0.2, 0.3)),
+    ("torch.sigmoid(x)", torch.sigmoid),
+    ("x.relu_()", lambda x: x.relu_()),
+    ("nn.ELU(0.7)", torch.nn.ELU(0.7)),
+    ("nn.PReLU(4)", torch.nn.PReLU(4, init=0.2)),
+])
+def test_other_activations_are_observed_after_the_activation(name, act):
+    """mean_activation equals the mean of the activation's own output, whichever way the model calls it, and
+    observing it does not change what the model computes (in-place forms are applied out of place)."""
+    torch.manual_seed(0)
+    model = _ConvThen(act).double().eval()
+    data = batches(2, 3, size=8, dtype=torch.float64)
+    x = torch.cat([b[0] for b in data])
+    with torch.no_grad():
+        before = model(x)
+        pre = model.conv(x)
+        want = act(pre.clone()).mean(dim=(0, 2, 3))
+    assert not torch.allclose(want, pre.mean(dim=(0, 2, 3)), atol=1e-6)  # the activation matters here
+    got = pruning.score_filters(model, "mean_activation", ["conv"], data=data)["conv"]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
