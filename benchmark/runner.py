@@ -61,6 +61,17 @@ def code_version() -> str:
 
 
 def write_experiment(cfg: ExperimentConfig, out: Path) -> None:
+    """Record the config in ``out/experiment.json``; refuse a folder that holds another config's results
+    (their experiment record, and so the leaderboard's title and reference tables, would be lost)."""
+    path = out / EXPERIMENT_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("name")
+        except (json.JSONDecodeError, AttributeError):
+            raise ValueError(f"{path} is not a readable experiment record; remove it or use another --out") from None
+        if old != cfg.name:
+            raise ValueError(f"{out} holds the results of config {old!r} ({path}); config {cfg.name!r} would mix "
+                             f"its cells into them: give it its own --out (e.g. results/{cfg.name})")
     doc = {"name": cfg.name, "description": cfg.description, "reference": list(cfg.reference),
            "source": cfg.source, "cells": len(expand_grid(cfg))}
     write_json(out / EXPERIMENT_FILE, doc)

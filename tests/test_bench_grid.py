@@ -222,6 +222,25 @@ def test_cli_bad_input_gets_a_clear_message(args, match):
     assert pytest.importorskip("re").search(match, res.output), res.output
 
 
+def test_a_results_folder_of_another_config_is_refused(tmp_path):
+    """Running a second config into a folder that holds another config's results would overwrite its
+    experiment record (and mix the cells): refused before anything runs, naming both configs."""
+    import json
+
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+    out = tmp_path / "results"
+    out.mkdir()
+    record = {"name": "table1_vgg16", "description": "x", "reference": ["table1"], "source": "s", "cells": 3}
+    (out / "experiment.json").write_text(json.dumps(record))
+    res = CliRunner().invoke(main, ["run", "demo", "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "'table1_vgg16'" in res.output and "'demo'" in res.output and "--out" in res.output
+    assert json.loads((out / "experiment.json").read_text()) == record  # untouched
+    assert sorted(p.name for p in out.iterdir()) == ["experiment.json"]  # no cell was started
+
+
 def test_baseline_without_finetuning_has_q_zero():
     c = cfg([{"criterion": ["l1"], "ratio": [0.5]}], baseline={"unpruned": True, "finetune": False}, base={"q": 5.0})
     base = [x for x in expand_grid(c) if x.is_baseline]
