@@ -108,13 +108,19 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
 @click.argument("config")
 @click.option("--train-ips", type=float, default=None, help="Training images/s per GPU (default: assumed 2500).")
 @click.option("--eval-ips", type=float, default=None, help="Evaluation images/s per GPU (default: assumed 4000).")
+@click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
+@click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
 @_clean_errors
-def estimate_cmd(config, train_ips, eval_ips) -> None:
-    """Expected cost of CONFIG: images trained/evaluated and GPU-hours (formula in benchmark.estimate)."""
+def estimate_cmd(config, train_ips, eval_ips, data, data_root) -> None:
+    """Expected cost of CONFIG: images trained/evaluated and GPU-hours (formula in benchmark.estimate).
+    Split sizes are counted from the builds when they are found, else assumed (printed per class set)."""
     from .config import load_config
     from .estimate import DEFAULT_EVAL_IPS, DEFAULT_TRAIN_IPS, estimate
 
-    e = estimate(load_config(config), train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS)
+    e = estimate(load_config(config), train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS,
+                 data_root=data_root, data=_parse_data(data))
+    for name, s in e["sizes"].items():
+        click.echo(f"  {name}: {s['train']} train, {s['val']} val, {s['test']} test images ({s['source']})")
     click.echo(f"{config}: {e['cells']} cells, {e['train_images'] / 1e6:.1f}M images trained, "
                f"{e['eval_images'] / 1e6:.1f}M evaluated -> {e['gpu_hours']:.1f} GPU-hours "
                f"({e['per_cell_gpu_hours']:.2f} per cell) at {e['train_ips']:g} train / {e['eval_ips']:g} eval img/s")

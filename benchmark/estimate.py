@@ -11,6 +11,9 @@ Per cell (``N`` = train images of its class set x ``data_fraction``; ``L`` = tar
   one per final epoch, test once)
 * scratch/reduced cells: ``q * F`` trained, ``V * (1 + ceil(q)) + T`` evaluated.
 
+Split sizes are counted from each class set's build (``manifest.json``) when it is found where ``run``
+would look (``[data]``, ``--data``, ``--data-root``); otherwise they are looked up in ``SET_SIZES``.
+
 A starting model the runner trains (``weights = "pretrain"`` or ``init = "scratch"``) adds
 ``epochs * N`` trained images once per class set.  GPU-hours = trained / ``train_ips`` +
 evaluated / ``eval_ips``, over 3600.  The default throughputs are ASSUMPTIONS (one H100-class
@@ -48,25 +51,46 @@ def _needs(criterion: str) -> str:
     return pruning.get_criterion(criterion).needs
 
 
-def _sizes(cfg: ExperimentConfig, class_set: str, sizes: dict) -> tuple[int, int, int]:
+def _sizes(cfg: ExperimentConfig, class_set: str, sizes: dict, data_root=None, data=None,
+           used: dict | None = None) -> tuple[int, int, int]:
+    """(train, val, test) images of ``class_set``: counted in its build's ``manifest.json`` when the
+    build is there (``data_root``/``data`` resolve it as ``run`` does), else looked up in ``sizes`` by
+    the build folder's name or the class set's name.  ``used[class_set]`` records which."""
+    try:
+        build = cfg.build_path(class_set, data_root, data)
+    except ValueError:
+        build = None
+    if build is not None and (build / "manifest.json").is_file():
+        from imagenet52p.build.manifest import load_manifest
+        splits = load_manifest(build).get("splits", {})
+        counted = tuple(int(splits.get(k, {}).get("num_samples", 0)) for k in ("train", "val", "test"))
+        if used is not None:
+            used[class_set] = {"train": counted[0], "val": counted[1], "test": counted[2], "source": str(build)}
+        return counted
     path = str(cfg.data.get(class_set, class_set))
     for name, s in sizes.items():
         if name in path.split("/")[-1] or name == class_set:
+            if used is not None:
+                used[class_set] = {"train": s[0], "val": s[1], "test": s[2], "source": f"assumed ({name})"}
             return s
-    raise ValueError(f"{cfg.source}: no size known for class set {class_set!r} (build {path}); known: "
-                     f"{', '.join(sizes)}")
+    raise ValueError(f"{cfg.source}: no size known for class set {class_set!r} (build {path} not found, and its "
+                     f"name matches none of {', '.join(sizes)}); build it, or pass --data {class_set}=PATH or "
+                     "--data-root to point at the build")
 
 
 def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_ips: float = DEFAULT_EVAL_IPS,
-             sizes: dict | None = None) -> dict:
-    """``{"cells", "train_images", "eval_images", "gpu_hours", "per_cell_gpu_hours"}`` for ``cfg``."""
+             sizes: dict | None = None, data_root=None, data: dict | None = None) -> dict:
+    """``{"cells", "train_images", "eval_images", "gpu_hours", "per_cell_gpu_hours", "sizes"}`` for ``cfg``
+    (``sizes``: per class set, the split sizes used and where they came from)."""
     sizes = sizes or SET_SIZES
+    used: dict = {}
+    size_of = functools.partial(_sizes, cfg, sizes=sizes, data_root=data_root, data=data, used=used)
     cells = expand_grid(cfg)
     train = evals = 0.0
     pretrained = set()
     for c in cells:
         lc = c.loop_config
-        n_tr, n_val, n_te = _sizes(cfg, c.class_set, sizes)
+        n_tr, n_val, n_te = size_of(c.class_set)
         n = n_tr * lc.data_fraction
         f = n_tr * lc.effective_final_data_fraction
         if c.kind != "prune":
@@ -86,7 +110,7 @@ def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_i
         key = c.class_set if c.init == "scratch" else ("full" if cfg.model.get("weights") == "pretrain" else None)
         if key and key not in pretrained:
             pretrained.add(key)
-            train += float(cfg.pretrain.get("epochs", 10)) * _sizes(cfg, key, sizes)[0]
+            train += float(cfg.pretrain.get("epochs", 10)) * size_of(key)[0]
     hours = (train / train_ips + evals / eval_ips) / 3600
     return {"cells": len(cells), "train_images": train, "eval_images": evals, "gpu_hours": hours,
-            "per_cell_gpu_hours": hours / len(cells), "train_ips": train_ips, "eval_ips": eval_ips}
+            "per_cell_gpu_hours": hours / len(cells), "train_ips": train_ips, "eval_ips": eval_ips, "sizes": used}

@@ -195,6 +195,38 @@ def test_estimate_follows_its_formula():
     assert estimate(weights_only)["train_images"] == 4 * n + 2 * 65_000 * 0.1  # l1 needs no scoring data
 
 
+def test_estimate_counts_split_sizes_from_the_builds_it_finds(built, tmp_path):
+    """With the build at hand, the estimate uses its manifest's counts instead of the assumed sizes, for a
+    [data] path under --data-root and for a --data override alike."""
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+    from benchmark.estimate import estimate
+    from dataset_helpers import manifest
+    _, build = built
+    splits = {k: v["num_samples"] for k, v in manifest(build)["splits"].items()}
+    doc = {"name": "e", "data": {"imagenet52p": build.name}, "model": {"name": "tinyvgg"},
+           "base": {"layers": "all", "p": 1.0, "q": 2.0, "class_set": "imagenet52p"}, "baseline": {"unpruned": False},
+           "grid": [{"criterion": ["l1"], "ratio": [0.5]}]}
+    c = parse_config(doc, "e.toml")
+    e = estimate(c, data_root=build.parent)
+    assert e["sizes"]["imagenet52p"] == {"train": splits["train"], "val": splits["val"], "test": splits["test"],
+                                         "source": str(build)}
+    assert e["train_images"] == 4 * splits["train"] + 2 * splits["train"]  # tinyvgg: 4 layer steps of p=1, q=2
+    assert e["eval_images"] == splits["val"] * (1 + 8 + 2) + splits["test"]
+    assumed = estimate(c, data_root=tmp_path)  # no build there: the name says imagenet52p
+    assert assumed["sizes"]["imagenet52p"]["source"] == "assumed (imagenet52p)"
+    assert assumed["train_images"] == 6 * 65_000
+    (tmp_path / "e.toml").write_text(
+        'name = "e"\n[data]\nimagenet52p = "nowhere"\n[model]\nname = "tinyvgg"\n'
+        '[base]\nlayers = "all"\np = 1.0\nq = 2.0\nclass_set = "imagenet52p"\n[baseline]\nunpruned = false\n'
+        '[[grid]]\ncriterion = ["l1"]\nratio = [0.5]\n')
+    res = CliRunner().invoke(main, ["estimate", str(tmp_path / "e.toml"), "--data", f"imagenet52p={build}"])
+    assert res.exit_code == 0, res.output
+    assert f"imagenet52p: {splits['train']} train, {splits['val']} val, {splits['test']} test images ({build})" \
+        in res.output
+
+
 def test_default_loop_options_are_not_part_of_the_identity():
     from pruning.loop import LoopConfig
     g = [{"criterion": ["l1"], "ratio": [0.5]}]
