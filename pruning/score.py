@@ -63,7 +63,10 @@ def _batches(data: Iterable, num_images: Optional[int], classes: Optional[Sequen
             if wanted.device != labels.device:  # the filter runs where the labels are (no copy to the host)
                 wanted = wanted.to(labels.device)
             keep = torch.isin(labels, wanted)
-            images, labels = images[keep.to(images.device)], labels[keep]
+            # host labels (what the loop passes): the check does not wait for the device, and a batch
+            # with nothing to drop is not indexed at all
+            if not bool(keep.all()):
+                images, labels = images[keep.to(images.device)], labels[keep]
         if num_images is not None:
             images = images[: num_images - seen]
             labels = None if labels is None else labels[: num_images - seen]

@@ -140,8 +140,9 @@ def test_statistics_passes_do_not_synchronise_per_batch(criterion):
         pruning.score_filters(model, criterion, ["features.4", "features.8"], batches, **extra)
 
     few, many = _syncs(run, 2), _syncs(run, 6)
-    if extra:  # the class filter masks the batch on the host, before the copy to the device: not a sync
-        few.counts.pop("index[bool mask]", None), many.counts.pop("index[bool mask]", None)
+    if extra:  # the class filter checks and masks host labels/batches (before any copy to the device), see
+        for c in (few, many):  # test_class_specific_scoring_in_the_loop_never_masks_a_device_batch
+            c.counts.pop("index[bool mask]", None), c.counts.pop("_local_scalar_dense", None)
     assert few.counts == many.counts, (criterion, few.counts, many.counts)
 
 
@@ -162,7 +163,8 @@ def _cuda_syncs(fn) -> int:
 @pytest.mark.gpu
 def test_no_sync_per_batch_on_cuda():
     """The same claims checked by CUDA itself: the number of synchronising calls of a training chunk, an
-    evaluation and an activation-statistics pass does not grow with the number of batches."""
+    evaluation, an activation-statistics pass and the loop's class-specific scoring does not grow with the
+    number of batches."""
     from pruning.layers import resolve_layers
     from pruning.stats import collect_activations
     rt = Runtime.create("cuda")
@@ -182,7 +184,47 @@ def test_no_sync_per_batch_on_cuda():
     def val(d):
         evaluate(model, DataStream(d, shuffle=False), rt, logit_subset=[1, 3, 5])
 
-    for fn in (train, stats, val):
+    def scoring(d):  # the loop's class-specific scoring path: pre-filtered stream, host labels
+        import pruning
+        from pruning.loop.steps import _Batches
+        stream = DataStream(d, classes=[1, 3, 5], shuffle=False)
+        pruning.score_filters(model, "class_specific", ["features.4"], _Batches(stream, 0, None, rt), classes=[1, 3, 5])
+
+    for fn in (train, stats, val, scoring):
         fn(data(2))  # warm-up: lazy initialisation may synchronise once
         few, many = _cuda_syncs(lambda: fn(data(2))), _cuda_syncs(lambda: fn(data(6)))
         assert few == many, (fn.__name__, few, many)
+
+
+@pytest.mark.parametrize("prefiltered", [True, False])
+def test_class_specific_scoring_in_the_loop_never_masks_a_device_batch(prefiltered):
+    """The loop's scoring stream keeps only the scoring classes on the host, so the scores' own class filter
+    (which checks host labels) leaves the device images alone; a mask on device images needs ``nonzero``,
+    a sync.  Control: a stream that does not pre-filter makes the same filter mask the device batch."""
+    import pruning
+    from pruning.loop.steps import _Batches
+    rt = Runtime(torch.device("cpu"))
+    model = make_model("tinyvgg", 10, seed=0).eval()
+    subset = [1, 3, 5]
+    device_images, masked = set(), []
+
+    class Tracked(_Batches):
+        def __iter__(self):
+            for x, y in super().__iter__():
+                device_images.add(x.data_ptr())  # what the loop puts on the device
+                yield x, y
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("index", "masked_select", "nonzero") and \
+                    isinstance(args[0], torch.Tensor) and args[0].data_ptr() in device_images:
+                masked.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    data = _batches(4)
+    stream = DataStream(data, classes=subset if prefiltered else None, name="score", shuffle=False)
+    with Watch():
+        s = pruning.score_filters(model, "class_specific", ["features.4"], Tracked(stream, 0, None, rt),
+                                  classes=subset)
+    assert s.num_images == sum(int(torch.isin(y, torch.tensor(subset)).sum()) for _, y in data)
+    assert (masked == []) if prefiltered else masked

@@ -64,15 +64,17 @@ def cost(model: nn.Module, input_size) -> dict:
 
 
 class _Batches:
-    """A re-iterable view of one pass of a stream, on the device and normalised like
-    the training batches (criteria may iterate more than once)."""
+    """A re-iterable view of one pass of a stream (criteria may iterate more than once): images on the
+    device, normalised like the training batches; labels left on the host, where ``score_filters``
+    checks them against the scoring classes without waiting for the device (the stream has already
+    kept only those classes) and then copies them over."""
 
     def __init__(self, stream, pass_index: int, budget, runtime):
         self.stream, self.pass_index, self.budget, self.runtime = stream, pass_index, budget, runtime
 
     def __iter__(self):
         for x, y in self.stream.batches(self.pass_index, self.budget):
-            yield self.runtime.to_device(x, y)
+            yield self.runtime.images_to_device(x), y
 
 
 def score(loop, names: list[str], step: int) -> tuple[dict, int]:

@@ -89,7 +89,8 @@ class Runtime:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def to_device(self, x: torch.Tensor, y: torch.Tensor):
+    def images_to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the device, normalised (``normalize``, else uint8 / 255), in the memory format."""
         x = x.to(self.device, non_blocking=True)
         if self.normalize is not None:
             x = self.normalize(x)
@@ -97,7 +98,10 @@ class Runtime:
             x = x.float().div_(255)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return x
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor):
+        return self.images_to_device(x), y.to(self.device, non_blocking=True)
 
     def sync(self) -> None:
         if self.is_cuda:
