@@ -126,7 +126,7 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
         from .loaders import open_data
         rd = open_data(data, image_size=size, batch_size=batch_size, num_workers=num_workers)
         train_data, eval_data, num_classes = rd.train, rd.val, rd.num_labels
-        rt.normalize = rd.batch_transform
+        rt.normalize = rd.batch_transform.to(rt.device)  # as the engine does: its constants on the device
 
         def baseline_loader(r):
             rd.train.dataset.set_epoch(r)
