@@ -4,8 +4,8 @@
 #   bash scripts/bench_gpu.sh [OUT]          (or: make bench-gpu BENCH_OUT=OUT)
 #
 #   OUT/env.txt                  GPU, driver, torch / torchvision versions, CPU count
-#   OUT/pytest_gpu.txt           the @pytest.mark.gpu tests (bf16/channels_last loop, NCCL DDP, no host
-#                                sync per batch, nvJPEG decode, CUDA-event latency)
+#   OUT/pytest_gpu.txt           the @pytest.mark.gpu tests (bf16/channels_last loop, no host sync per
+#                                batch, CUDA scores = CPU scores, nvJPEG decode, CUDA-event latency)
 #   OUT/loop_throughput.json     our training loop vs a minimal PyTorch loop, ResNet-50 and VGG-16, bf16,
 #                                channels_last, batch 256, in-memory data (compute-bound), + eval images/s
 #   OUT/loop_throughput_data.json  the same through the loop's own shard loaders on a build of ~100 KB
