@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 from pruning.loop import RunOptions, make_model, prune_finetune
 from pruning.loop.run import init_distributed
 from pruning.loop.synthetic import synthetic_splits
-init_distributed()
+init_distributed("cpu")
 d = synthetic_splits(4, 15, 5, 5, size=20, seed=0, noise=30.0)   # 60 train, 20 val, 20 test
 model = make_model("tinyvgg", 4, seed=0)
 s = prune_finetune(model, "mean_activation", 0.5, ["features.8", "features.4"], d[0], d[1], d[2], p=0.5, q=2,
@@ -59,3 +59,12 @@ def test_ddp_two_ranks_on_cpu(tmp_path):
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["final"] == s["final"]
     assert len((tmp_path / "run" / "events.jsonl").read_text().splitlines()) == 1 + 2 + 2 + 1  # rank 0 writes once
+
+
+@pytest.mark.parametrize("device, cuda, backend", [
+    (None, True, "nccl"), (None, False, "gloo"), ("cuda", True, "nccl"), ("cuda:1", True, "nccl"),
+    ("cpu", True, "gloo"), ("cpu", False, "gloo"),
+])
+def test_backend_follows_the_requested_device(device, cuda, backend):
+    from pruning.loop.run import dist_backend
+    assert dist_backend(device, cuda) == backend

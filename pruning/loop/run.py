@@ -62,11 +62,19 @@ class RunSpec:
         return dataclasses.asdict(self)
 
 
-def init_distributed() -> None:
-    """Initialise torch.distributed from torchrun's environment when ``WORLD_SIZE > 1``."""
+def dist_backend(device: str | None, cuda_available: bool) -> str:
+    """``nccl`` when the run trains on CUDA (``device`` None with CUDA present, or ``cuda[:i]``), else ``gloo``
+    (``--device cpu`` on a GPU machine must not get NCCL, which cannot reduce CPU tensors)."""
+    on_cuda = cuda_available if device is None else torch.device(device).type == "cuda"
+    return "nccl" if on_cuda else "gloo"
+
+
+def init_distributed(device: str | None = None) -> None:
+    """Initialise torch.distributed from torchrun's environment when ``WORLD_SIZE > 1``, with the backend
+    for ``device`` (:func:`dist_backend`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
+        backend = dist_backend(device, torch.cuda.is_available())
+        if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend)
         log.info("process group: %s, rank %d of %d", backend, torch.distributed.get_rank(),
@@ -80,8 +88,8 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     if resume and (out / "summary.json").is_file():
         log.info("%s is complete (summary.json); nothing to do", out)
         return json.loads((out / "summary.json").read_text())
-    init_distributed()
     options = options or RunOptions()
+    init_distributed(options.device)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     micro = config.batch_size // config.accum_steps // world
     if micro < 1:
