@@ -50,13 +50,10 @@ class Runtime:
     def create(cls, device: str | None = None, amp: bool = True, channels_last: bool = True,
                deterministic: bool = False) -> "Runtime":
         if device is None:
-            if torch.cuda.is_available():
-                rank, _ = dist_info()
-                device = f"cuda:{rank % torch.cuda.device_count()}" if torch.distributed.is_initialized() else "cuda"
-            else:
-                device = "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None and torch.distributed.is_initialized():
+            # the GPU of this process on its node (torchrun's LOCAL_RANK), as init_distributed chose it
             local = int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank()))
             dev = torch.device("cuda", local % torch.cuda.device_count())
         if dev.type == "cuda":
