@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node=N -m benchmark.cellmain CONFIG CELL_ID --env JSON
 
-Every rank initialises the default process group (NCCL on CUDA, else Gloo), uses
-``cuda:$LOCAL_RANK``, and calls :func:`benchmark.execute.execute_cell`; the engine reduces
+Every rank initialises the default process group (NCCL when the cell trains on CUDA, else Gloo;
+:func:`pruning.loop.run.init_distributed`), uses ``cuda:$LOCAL_RANK`` on CUDA, and calls :func:`benchmark.execute.execute_cell`; the engine reduces
 metrics across ranks and only rank 0 writes the run directory.
 """
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 
 def main(argv=None) -> int:
-    import torch
     import torch.distributed as dist
+
+    from pruning.loop.run import init_distributed
 
     from .config import load_config
     from .execute import CellEnv, execute_cell
@@ -36,13 +36,9 @@ def main(argv=None) -> int:
     cells = {c.id: c for c in expand_grid(cfg)}
     if a.cell_id not in cells:
         raise ValueError(f"cell {a.cell_id!r} is not in {cfg.source}; see `imagenet52p-bench list {a.config}`")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-            env = CellEnv(**{**json.loads(a.env), "device": f"cuda:{local}"})
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # under torchrun: NCCL on this process's GPU (LOCAL_RANK) when the cell trains on CUDA, Gloo for
+    # --device cpu (pruning.loop.run.init_distributed; the loop's Runtime picks the same GPU)
+    init_distributed(env.device)
     try:
         execute_cell(cfg, cells[a.cell_id], Path(env.results_dir) / a.cell_id, env)
     finally:

@@ -75,7 +75,7 @@ def init_distributed(device: str | None = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         backend = dist_backend(device, torch.cuda.is_available())
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.distributed.init_process_group(backend)
         log.info("process group: %s, rank %d of %d", backend, torch.distributed.get_rank(),
                  torch.distributed.get_world_size())
