@@ -8,6 +8,14 @@ import pytest
 from benchmark.config import list_configs, load_config, parse_config
 from benchmark.grid import expand_grid, partition
 
+@pytest.fixture(autouse=True)
+def _no_builds_around(monkeypatch, tmp_path):
+    """The estimate counts the sizes of builds it finds ($IMAGENET52P_DATA, else the current directory): the
+    tests that check the assumed sizes must not see a user's real builds."""
+    monkeypatch.delenv("IMAGENET52P_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
 BASE = {"name": "t", "data": {"full": "f", "sub": "s"}, "model": {"name": "tinyvgg", "weights": "pretrain"}}
 
 
