@@ -43,7 +43,7 @@ demo: $(STAMP)
 # Every GPU measurement of the README in one folder (needs a CUDA GPU; see scripts/bench_gpu.sh).
 BENCH_OUT ?= bench_gpu_out
 bench-gpu: $(STAMP)
-	PYTHON=$(PY) bash scripts/bench_gpu.sh $(BENCH_OUT)
+	PYTHON=$(PY) bash scripts/bench_gpu.sh "$(BENCH_OUT)"
 
 clean:
 	rm -rf $(DEMO_OUT) build dist *.egg-info .pytest_cache

@@ -90,7 +90,8 @@ class LayerRef:
 
     ``hook_module`` is the module whose forward output is (after ``post``, when not None) the feature map
     ``[N, C_out, H, W]`` the filters produce after BN and activation; zeroing that output is what removing
-    the filters does to the network.  ``shared_act``: when the activation is a module called elsewhere
+    the filters does to the network when :meth:`masks_like_removal` (the activation applied after the
+    hooked output, if any, maps 0 to 0; not so for a sigmoid called as a function).  ``shared_act``: when the activation is a module called elsewhere
     too (ResNet's ``relu``), ``hook_module`` is the BN and the map is the output of the ``shared_act``
     call whose input is the BN's output (``post`` is then None).  ``bn`` is the BatchNorm2d directly
     consuming the conv's output, if any.
@@ -108,6 +109,16 @@ class LayerRef:
     @property
     def num_filters(self) -> int:
         return self.conv.out_channels
+
+    def masks_like_removal(self) -> bool:
+        """Whether zeroing ``hook_module``'s output has the effect of removing the filters: true unless an
+        activation still applied after it (``post``, or the ``shared_act`` module) maps 0 elsewhere."""
+        act = self.post if self.post is not None else self.shared_act
+        if act is None:
+            return True
+        w = self.conv.weight
+        with torch.no_grad():
+            return bool((act(torch.zeros(1, self.num_filters, 1, 1, dtype=w.dtype, device=w.device)) == 0).all())
 
 
 def _sole_user(node: torch.fx.Node) -> Optional[torch.fx.Node]:

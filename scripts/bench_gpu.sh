@@ -29,7 +29,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 
-if [ "$DEVICE" = cuda ] && ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+if [ "$DEVICE" = cuda ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "bench_gpu: torch.cuda.is_available() is False; run this on a machine with a CUDA GPU (or DEVICE=cpu SMOKE=1)" >&2
     exit 2
 fi
@@ -43,8 +43,8 @@ if [ "$SMOKE" = 1 ]; then
 else
     MODELS=resnet50,vgg16; BS=256; IMAGES=5120; SIZE=224; PER_CLASS=110; HOLD=10; W=500; H=375; REPEATS=3
     SPEEDUP=(--gpu-extra)
-    STATS=()
-    OVERHEAD=()
+    STATS=(--models resnet50 vgg16_bn)  # (never empty: "${A[@]}" of an empty array fails under set -u, bash < 4.4)
+    OVERHEAD=(--steps 2000)
     LOADER=(--gpu-decode --workers "$WORKERS" --batch-size 256 --cache "$OUT/loader_cache")
 fi
 
@@ -55,32 +55,36 @@ step() {  # step NAME COMMAND...: run, report, go on
     local t0=$SECONDS
     if "$@"; then echo "== $name: done in $((SECONDS - t0)) s" >&2; else echo "== $name: FAILED" >&2; failed+=("$name"); fi
 }
+to() {  # to FILE COMMAND...: run COMMAND with its standard output (and errors, for .txt) in FILE
+    local file=$1; shift
+    if [[ $file == *.txt ]]; then "$@" >"$file" 2>&1; else "$@" >"$file"; fi
+}
 
 {
     date -u
-    $PY -c 'import torch, torchvision, os; print("torch", torch.__version__, "torchvision", torchvision.__version__,
+    "$PY" -c 'import torch, torchvision, os; print("torch", torch.__version__, "torchvision", torchvision.__version__,
 "cuda", torch.version.cuda, "cpus", os.cpu_count()); print(torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")'
     command -v nvidia-smi >/dev/null && nvidia-smi
 } >"$OUT/env.txt" 2>&1
 
 if [ "$DEVICE" = cuda ]; then
-    step pytest-gpu bash -c "$PY -m pytest -q -m gpu tests -p no:cacheprovider >'$OUT/pytest_gpu.txt' 2>&1"
+    step pytest-gpu to "$OUT/pytest_gpu.txt" "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
 fi
-step loop-throughput $PY -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" --batch-size "$BS" \
+step loop-throughput "$PY" -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" --batch-size "$BS" \
     --images "$IMAGES" --size "$SIZE" --repeats "$REPEATS" --out "$OUT/loop_throughput.json"
-step overhead bash -c "$PY -m pruning.loop.bench overhead --device $DEVICE ${OVERHEAD[*]} >'$OUT/overhead.json'"
+step overhead to "$OUT/overhead.json" "$PY" -m pruning.loop.bench overhead --device "$DEVICE" "${OVERHEAD[@]}"
 if [ ! -f "$OUT/data/build/manifest.json" ]; then
-    step fake-tree $PY scripts/make_fake_imagenet.py "$OUT/data/tree" --train-per-class "$PER_CLASS" \
+    step fake-tree "$PY" scripts/make_fake_imagenet.py "$OUT/data/tree" --train-per-class "$PER_CLASS" \
         --val-per-class "$HOLD" --width "$W" --height "$H" --noise 40
-    step build $PY -m imagenet52p.build_cli --root "$OUT/data/tree" --out "$OUT/data/build" --val-per-class "$HOLD" \
+    step build "$PY" -m imagenet52p.build_cli --root "$OUT/data/tree" --out "$OUT/data/build" --val-per-class "$HOLD" \
         --workers "$WORKERS" --quiet
 fi
-step loop-throughput-data $PY -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" \
+step loop-throughput-data "$PY" -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" \
     --batch-size "$BS" --size "$SIZE" --repeats "$REPEATS" --workers "$WORKERS" --data "$OUT/data/build" \
     --out "$OUT/loop_throughput_data.json"
-step speedup $PY scripts/bench_speedup.py --device "$DEVICE" "${SPEEDUP[@]}" --json "$OUT/speedup.json"
-step stats $PY scripts/bench_stats.py --device "$DEVICE" "${STATS[@]}" --json "$OUT/stats.json"
-step loader bash -c "$PY scripts/bench_loader.py ${LOADER[*]} --json '$OUT/loader.json' >'$OUT/loader.txt'"
+step speedup "$PY" scripts/bench_speedup.py --device "$DEVICE" "${SPEEDUP[@]}" --json "$OUT/speedup.json"
+step stats "$PY" scripts/bench_stats.py --device "$DEVICE" "${STATS[@]}" --json "$OUT/stats.json"
+step loader to "$OUT/loader.txt" "$PY" scripts/bench_loader.py "${LOADER[@]}" --json "$OUT/loader.json"
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "bench_gpu: failed steps: ${failed[*]} (see the messages above; the other results are in $OUT)" >&2

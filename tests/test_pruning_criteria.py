@@ -415,3 +415,16 @@ def test_other_activations_are_observed_after_the_activation(name, act):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_linear_ensemble_refuses_to_mask_before_an_activation_that_moves_zero():
+    """Masking the map before torch.sigmoid leaves sigmoid(0) = 0.5 where removal leaves nothing: refused with the
+    layer named; the same activation as a module is masked after it (allowed), as is a function with f(0) = 0."""
+    torch.manual_seed(0)
+    data = batches(2, 3, size=8)
+    with pytest.raises(ValueError, match=r"\['conv'\].*nn.Sigmoid"):
+        pruning.score_filters(_ConvThen(torch.sigmoid).eval(), "linear_ensemble", ["conv"], data=data)
+    for act in (torch.nn.Sigmoid(), torch.tanh, lambda x: F.leaky_relu(x, 0.2)):
+        s = pruning.score_filters(_ConvThen(act).eval(), "linear_ensemble", ["conv"], data=data,
+                                  options={"num_masks": 8})
+        assert torch.isfinite(s["conv"]).all()

@@ -55,6 +55,11 @@ def collect_masks(model: torch.nn.Module, refs: List[LayerRef], batches: Iterabl
     if num_masks < 2 or not 0.0 < drop_prob < 1.0 or ridge <= 0:
         raise ValueError(f"linear_ensemble needs num_masks >= 2, 0 < drop_prob < 1, ridge > 0; got "
                          f"num_masks={num_masks}, drop_prob={drop_prob}, ridge={ridge}")
+    wrong = [ref.name for ref in refs if not ref.masks_like_removal()]
+    if wrong:
+        raise ValueError(f"linear_ensemble: the activation after {wrong} is a function call that does not map 0 to 0 "
+                         "(e.g. torch.sigmoid), so zeroing the map before it is not what removing a filter does; "
+                         "use the activation as a module (nn.Sigmoid, ...), whose output can be masked")
     cached = [(x, y) for x, y in batches]
     num_images = sum(x.shape[0] for x, _ in cached)
     if num_images == 0:
@@ -66,11 +71,12 @@ def collect_masks(model: torch.nn.Module, refs: List[LayerRef], batches: Iterabl
     z = (torch.rand(num_masks, sum(sizes), generator=gen, dtype=torch.float64) < drop_prob).to(torch.float64)
     device = cached[0][0].device
     losses = torch.zeros(num_masks, dtype=torch.float64, device=device)
+    keep_all = (1.0 - z).to(device)  # one copy to the device (a copy per mask would wait for the device each time)
     with _mask_hooks(refs) as hooks, torch.inference_mode():
         for k in range(num_masks):
-            keep = (1.0 - z[k]).split(sizes)
+            keep = keep_all[k].split(sizes)
             for ref, part in zip(refs, keep):
-                hooks[ref.name].keep = part.to(device=device, dtype=ref.conv.weight.dtype).view(1, -1, 1, 1)
+                hooks[ref.name].keep = part.to(dtype=ref.conv.weight.dtype).view(1, -1, 1, 1)
             for x, y in cached:
                 losses[k] += F.cross_entropy(model(x), y, reduction="sum").double()
     losses = losses.cpu() / num_images
