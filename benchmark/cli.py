@@ -173,14 +173,13 @@ def render(results, fmt: str, note: str | None = None, board: dict | None = None
     from . import formats
     from .leaderboard import build_leaderboard
     from .report import render_html
-    from .runner import EXPERIMENT_FILE
+    from .runner import read_experiment
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if board is None:
         board = build_leaderboard(results)
-    exp_file = Path(results) / EXPERIMENT_FILE
-    exp = json.loads(exp_file.read_text()) if exp_file.is_file() else {}
+    exp = read_experiment(results)
     title = f"Leaderboard: {exp.get('name', Path(results).name)}"
     refs = tuple(exp.get("reference", ())) or None
     if fmt == "md":

@@ -60,15 +60,26 @@ def code_version() -> str:
     return f"{__version__}+g{commit[:10]}" + (".dirty" if dirty else "")
 
 
+def read_experiment(out: str | Path) -> dict:
+    """``out/experiment.json`` (the config a results folder belongs to), ``{}`` when there is none."""
+    path = Path(out) / EXPERIMENT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} is not a readable experiment record; remove it or use another --out")
+    return doc
+
+
 def write_experiment(cfg: ExperimentConfig, out: Path) -> None:
     """Record the config in ``out/experiment.json``; refuse a folder that holds another config's results
     (their experiment record, and so the leaderboard's title and reference tables, would be lost)."""
     path = out / EXPERIMENT_FILE
     if path.is_file():
-        try:
-            old = json.loads(path.read_text()).get("name")
-        except (json.JSONDecodeError, AttributeError):
-            raise ValueError(f"{path} is not a readable experiment record; remove it or use another --out") from None
+        old = read_experiment(out).get("name")
         if old != cfg.name:
             raise ValueError(f"{out} holds the results of config {old!r} ({path}); config {cfg.name!r} would mix "
                              f"its cells into them: give it its own --out (e.g. results/{cfg.name})")
