@@ -21,7 +21,10 @@ from pathlib import Path
 
 BUILTIN_SETS = ("imagenet52p", "random52", "imagenet1k")
 #: Frozen file behind each built-in set name (the versioned list it resolves to).
-FROZEN = {"imagenet52p": "imagenet52p-v1", "random52": "random52-v1"}
+FROZEN = {"imagenet52p": "imagenet52p-v1", "random52": "random52-v2"}
+#: Every frozen list, loadable by its versioned name; superseded versions stay so old results stay
+#: readable (``random52-v1`` let VOC objects such as a liner and a passenger car into the control).
+FROZEN_VERSIONS = ("imagenet52p-v1", "random52-v1", "random52-v2")
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
@@ -117,11 +120,9 @@ def imagenet1k_set() -> ClassSet:
 
 def frozen_set(frozen_name: str) -> ClassSet:
     """A frozen list by its versioned name, e.g. ``imagenet52p-v1``."""
-    try:
-        return ClassSet.from_json(_info_text(f"{frozen_name}.json"))
-    except FileNotFoundError:
-        raise ValueError(f"no frozen class list {frozen_name!r}; available: "
-                         + ", ".join(sorted(FROZEN.values()))) from None
+    if frozen_name not in FROZEN_VERSIONS:
+        raise ValueError(f"no frozen class list {frozen_name!r}; available: " + ", ".join(FROZEN_VERSIONS))
+    return ClassSet.from_json(_info_text(f"{frozen_name}.json"))
 
 
 def parse_wnid_list(path: str | os.PathLike) -> list[str]:
@@ -164,16 +165,19 @@ def set_from_wnids(name: str, wnids: list[str]) -> ClassSet:
 
 
 def load_class_set(spec: str | os.PathLike) -> ClassSet:
-    """``imagenet52p`` | ``random52`` | ``imagenet1k`` | a frozen name such as ``imagenet52p-v1`` | PATH."""
+    """``imagenet52p`` | ``random52`` | ``imagenet1k`` | a frozen name such as ``random52-v1`` | PATH.
+
+    ``random52`` is ``random52-v2``; ``random52-v1`` still loads by its frozen name.
+    """
     spec_s = str(spec)
     if spec_s == "imagenet1k":
         return imagenet1k_set()
     if spec_s in FROZEN:
         return frozen_set(FROZEN[spec_s])
-    if spec_s in FROZEN.values():
+    if spec_s in FROZEN_VERSIONS:
         return frozen_set(spec_s)
     path = Path(spec_s)
     if path.exists() or os.sep in spec_s or path.suffix:
         return set_from_wnids(path.stem, parse_wnid_list(path))
     raise ValueError(f"unknown class set {spec_s!r}: use one of {', '.join(BUILTIN_SETS)}, "
-                     f"{', '.join(FROZEN.values())}, or the path of a file with one wnid per line")
+                     f"{', '.join(FROZEN_VERSIONS)}, or the path of a file with one wnid per line")

@@ -1,4 +1,5 @@
-"""Derive class lists from WordNet 3.0 and a versioned spec (see ``_info/imagenet52p-v1.toml``).
+"""Derive class lists from WordNet 3.0 and versioned specs (``_info/imagenet52p-v1.toml``,
+``_info/random52-v2.toml``).
 
 The derived lists are frozen as package data; :func:`diff_frozen` re-derives them and
 reports every difference, so ``imagenet52p classes --derive`` (and a test) can prove
@@ -12,7 +13,8 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .classes import VOC_CLASSES, ClassInfo, ClassSet, frozen_set, imagenet1k_index, imagenet1k_names, imagenet1k_wnids
+from .classes import (FROZEN, VOC_CLASSES, ClassInfo, ClassSet, frozen_set, imagenet1k_index, imagenet1k_names,
+                      imagenet1k_wnids)
 from .wordnet import open_wordnet, synset_from_wnid, wnid_of
 
 try:
@@ -21,6 +23,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 RANDOM52_SEED = 52
+#: The control spec ``random52`` resolves to (see ``_info/random52-v2.toml``).
+RANDOM52_SPEC = FROZEN["random52"]
+FAMILY_KINDS = ("anchor", "guideline", "lookalike")
 
 
 class SpecError(ValueError):
@@ -45,15 +50,23 @@ class Spec:
     sha256: str
 
 
-def load_spec(name: str = "imagenet52p-v1", text: str | None = None) -> Spec:
+def _read_spec(name: str, text: str | None, kind: str) -> dict:
+    """The TOML of spec ``name`` (package data ``_info/<name>.toml`` unless ``text`` is given), checked to be
+    for WordNet 3.0."""
     if text is None:
         try:
             text = resources.files("imagenet52p").joinpath("_info", f"{name}.toml").read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise SpecError(f"no class spec {name!r} in imagenet52p/_info") from None
+            raise SpecError(f"no {kind} spec {name!r} in imagenet52p/_info") from None
     data = tomllib.loads(text)
     if data.get("wordnet") != "3.0":
-        raise SpecError(f"spec {name}: wordnet must be \"3.0\" (ImageNet wnids are WordNet 3.0 offsets)")
+        raise SpecError(f"spec {data.get('name', name)}: wordnet must be \"3.0\" (ImageNet wnids are WordNet 3.0 "
+                        "offsets)")
+    return data
+
+
+def load_spec(name: str = "imagenet52p-v1", text: str | None = None) -> Spec:
+    data = _read_spec(name, text, "class")
     if data.get("fallback", "none") not in ("none", "shallowest"):
         raise SpecError(f"spec {name}: fallback must be 'none' or 'shallowest', found {data['fallback']!r}")
     voc = [VocEntry(v["name"], list(v["anchors"]), list(v.get("exclude", [])), list(v.get("include", [])))
@@ -145,7 +158,11 @@ def voc_related_wnids(spec: Spec | None = None, wordnet_dir: str | None = None) 
 
 def derive_random52(spec: Spec | None = None, wordnet_dir: str | None = None, seed: int = RANDOM52_SEED,
                     subset: ClassSet | None = None) -> ClassSet:
-    """The paper's control: 52 ImageNet-1k classes, seeded, none of them VOC-related at any depth.
+    """``random52-v1`` (frozen, superseded by :func:`derive_control`'s ``random52-v2``): 52 ImageNet-1k
+    classes, seeded, none of them under a VOC anchor at any depth.
+
+    That rule lets VOC objects through (a liner is a VOC boat, a passenger car a VOC train); it is
+    kept so the v1 list can still be re-derived and checked.
 
     ``random.Random(seed).sample`` over the sorted remaining wnids; Python guarantees this
     sequence for a given seed, and the result is frozen anyway.  ``subset`` is the derived
@@ -159,6 +176,143 @@ def derive_random52(spec: Spec | None = None, wordnet_dir: str | None = None, se
     idx, names = imagenet1k_index(), imagenet1k_names()
     ordered = sorted(picked, key=idx.__getitem__)
     return ClassSet("random52-v1", tuple(ClassInfo(i, w, names[w], idx[w]) for i, w in enumerate(ordered)))
+
+
+@dataclass
+class ControlSpec:
+    """A random control set's exclusion rule (``_info/random52-v2.toml``)."""
+
+    name: str
+    subset: str  # the ImageNet-52P spec whose anchors are families and whose classes are excluded
+    seed: int
+    count: int
+    families: list[dict]  # {synset, kind, voc: tuple, reason}
+    exclude: list[dict]  # {wnid, name, voc: tuple, reason}
+    sha256: str
+
+
+def _voc_list(where: str, value) -> tuple[str, ...]:
+    vocs = (value,) if isinstance(value, str) else tuple(value or ())
+    if not vocs or any(v not in VOC_CLASSES for v in vocs):
+        raise SpecError(f"{where}: voc must name VOC classes ({', '.join(VOC_CLASSES)}); found {value!r}")
+    return vocs
+
+
+def load_control_spec(name: str = RANDOM52_SPEC, text: str | None = None) -> ControlSpec:
+    """Read and check a control spec; its ``anchor`` families must be exactly the subset spec's anchors."""
+    data = _read_spec(name, text, "control")
+    sname = data.get("name", name)
+    families, seen = [], set()
+    for f in data.get("family", []):
+        where = f"spec {sname}, family {f.get('synset')!r}"
+        if f.get("kind") not in FAMILY_KINDS:
+            raise SpecError(f"{where}: kind must be one of {', '.join(FAMILY_KINDS)}; found {f.get('kind')!r}")
+        if not f.get("reason"):
+            raise SpecError(f"{where}: needs a reason")
+        if f["synset"] in seen:
+            raise SpecError(f"{where}: listed twice")
+        seen.add(f["synset"])
+        families.append({"synset": f["synset"], "kind": f["kind"], "voc": _voc_list(where, f.get("voc")),
+                         "reason": f["reason"]})
+    exclude = []
+    for e in data.get("exclude", []):
+        where = f"spec {sname}, exclusion of {e.get('wnid')} ({e.get('name')})"
+        if not e.get("reason"):
+            raise SpecError(f"{where}: needs a reason")
+        exclude.append({"wnid": e["wnid"], "name": e.get("name"), "voc": _voc_list(where, e.get("voc")),
+                        "reason": e["reason"]})
+    if len({e["wnid"] for e in exclude}) != len(exclude):
+        raise SpecError(f"spec {sname}: a class is excluded twice")
+    subset = load_spec(data["subset"])
+    want = {(a, v.name) for v in subset.voc for a in v.anchors}
+    have = {(f["synset"], voc) for f in families if f["kind"] == "anchor" for voc in f["voc"]}
+    if want != have:
+        missing = ", ".join(f"{a} ({v})" for a, v in sorted(want - have)) or "none"
+        extra = ", ".join(f"{a} ({v})" for a, v in sorted(have - want)) or "none"
+        raise SpecError(f"spec {sname}: the anchor families must be exactly the anchors of {subset.name}; "
+                        f"missing {missing}; not anchors there: {extra}")
+    return ControlSpec(sname, data["subset"], int(data["seed"]), int(data["count"]), families, exclude,
+                       hashlib.sha256(text.encode()).hexdigest())
+
+
+def _hypernym_closure(synset) -> set:
+    """``synset`` and every synset above it (hypernyms and instance hypernyms, any depth)."""
+    seen, frontier = {synset}, {synset}
+    while frontier:
+        frontier = {h for s in frontier for h in s.hypernyms() + s.instance_hypernyms()} - seen
+        seen |= frontier
+    return seen
+
+
+def family_members(cspec: ControlSpec | None = None, wordnet_dir: str | None = None) -> dict[str, list[str]]:
+    """Family synset name -> the ImageNet-1k wnids at or below it (any depth), in ImageNet-1k order.
+
+    Raises :class:`SpecError` for a synset WordNet 3.0 lacks or one that covers no ImageNet-1k class.
+    """
+    cspec = cspec or load_control_spec()
+    _loc, wn = open_wordnet(wordnet_dir)
+    closures = {w: _hypernym_closure(synset_from_wnid(wn, w)) for w in imagenet1k_wnids()}
+    out = {}
+    for f in cspec.families:
+        try:
+            fam = wn.synset(f["synset"])
+        except Exception as exc:  # nltk raises WordNetError / ValueError
+            raise SpecError(f"spec {cspec.name}: unknown family synset {f['synset']!r} ({exc})") from None
+        out[f["synset"]] = [w for w in imagenet1k_wnids() if fam in closures[w]]
+        if not out[f["synset"]]:
+            raise SpecError(f"spec {cspec.name}: family {f['synset']} covers no ImageNet-1k class: remove it")
+    return out
+
+
+def control_exclusions(cspec: ControlSpec | None = None, wordnet_dir: str | None = None,
+                       subset: ClassSet | None = None) -> dict[str, list[str]]:
+    """Every ImageNet-1k class a control spec makes ineligible -> what excludes it.
+
+    The reasons are family synset names, ``"exclude"`` (an explicit [[exclude]] entry) and the
+    subset's name (a class of ImageNet-52P).  ``subset`` is the derived subset when the caller
+    already has it.
+    """
+    cspec = cspec or load_control_spec()
+    subset = subset if subset is not None else derive_class_set(load_spec(cspec.subset), wordnet_dir)
+    if subset.name != cspec.subset:
+        raise SpecError(f"spec {cspec.name} excludes the classes of {cspec.subset}, but was given {subset.name}")
+    names = imagenet1k_names()
+    out: dict[str, list[str]] = {}
+    for fam, wnids in family_members(cspec, wordnet_dir).items():
+        for w in wnids:
+            out.setdefault(w, []).append(fam)
+    for e in cspec.exclude:
+        w = e["wnid"]
+        if w not in names:
+            raise SpecError(f"spec {cspec.name}: excludes {w}, not an ImageNet-1k class")
+        if e["name"] != names[w]:
+            raise SpecError(f"spec {cspec.name}: excludes {w} as {e['name']!r}, but ImageNet-1k calls it "
+                            f"{names[w]!r}")
+        if w in out:
+            raise SpecError(f"spec {cspec.name}: excludes {w} ({names[w]}), which family {out[w][0]} already "
+                            "excludes: remove the exclusion")
+        out[w] = ["exclude"]
+    for w in subset.wnids:
+        out.setdefault(w, []).append(subset.name)
+    return out
+
+
+def derive_control(cspec: ControlSpec | None = None, wordnet_dir: str | None = None, seed: int | None = None,
+                   subset: ClassSet | None = None) -> ClassSet:
+    """A control set from its spec (default ``random52-v2``): v1's draw over the spec's eligible pool.
+
+    ``random.Random(seed).sample`` over the eligible wnids in ImageNet-1k order, sorted into
+    ImageNet-1k order; ``seed`` defaults to the spec's.
+    """
+    cspec = cspec or load_control_spec()
+    excluded = control_exclusions(cspec, wordnet_dir, subset)
+    pool = [w for w in imagenet1k_wnids() if w not in excluded]
+    if len(pool) < cspec.count:
+        raise SpecError(f"spec {cspec.name}: only {len(pool)} eligible classes, fewer than count = {cspec.count}")
+    picked = random.Random(cspec.seed if seed is None else seed).sample(pool, cspec.count)
+    idx, names = imagenet1k_index(), imagenet1k_names()
+    ordered = sorted(picked, key=idx.__getitem__)
+    return ClassSet(cspec.name, tuple(ClassInfo(i, w, names[w], idx[w]) for i, w in enumerate(ordered)))
 
 
 def derive_imagenet1k_names(wordnet_dir: str | None = None) -> dict[str, str]:
@@ -196,6 +350,7 @@ def diff_frozen(wordnet_dir: str | None = None) -> dict[str, list[str]]:
     out = {
         "imagenet52p-v1": diff_sets(frozen_set("imagenet52p-v1"), subset),
         "random52-v1": diff_sets(frozen_set("random52-v1"), derive_random52(spec, wordnet_dir, subset=subset)),
+        RANDOM52_SPEC: diff_sets(frozen_set(RANDOM52_SPEC), derive_control(wordnet_dir=wordnet_dir, subset=subset)),
     }
     tsv = imagenet1k_names_tsv(derive_imagenet1k_names(wordnet_dir))
     out["imagenet1k_classes.tsv"] = [] if tsv == _info_text("imagenet1k_classes.tsv") else [
