@@ -3,13 +3,15 @@
 
     python scripts/bench_stats.py [--models resnet50 vgg16_bn] [--size 96] [--batch-size 8]
                                   [--batches 2] [--repeat 3] [--device cpu] [--json OUT]
+                                  [--what activations batch-grads per-image]
 
 For each model (random init, eval mode, every conv targeted: protocol ``all``) and the same fixed
 batches of Gaussian images, times (median of --repeat runs, after one warm-up run):
 
   forward       : plain forward passes under inference_mode (baseline of the activation pass)
   activations   : one pass with hooks collecting everything mean_activation, apoz, entropy and
-                  scaled_entropy need (pruning.stats.collect_activations, bins 10)
+                  scaled_entropy need (pruning.stats.collect_activations, bins 10), then the
+                  entropy of every layer (its histograms are computed once, after the pass)
   train step    : forward + backward of the mean cross-entropy (baseline of the gradient criteria)
   batch grads   : taylor + sensitivity_batch (pruning.gradients.collect_batch)
   per-image     : sensitivity, per-image gradients via torch.func.vmap (pruning.gradients.collect_per_image)
@@ -61,7 +63,11 @@ def _time_pair(fn, base, repeat: int, device: torch.device):
     return statistics.median(t_fn), statistics.median(t_base), statistics.median(ratios)
 
 
-def bench_model(arch: str, size: int, batch_size: int, num_batches: int, repeat: int, device: torch.device):
+WHAT = {"activations": "activations", "batch-grads": "batch grads", "per-image": "per-image"}
+
+
+def bench_model(arch: str, size: int, batch_size: int, num_batches: int, repeat: int, device: torch.device,
+                what=tuple(WHAT)):
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(num_classes=1000).to(device).eval()
     gen = torch.Generator().manual_seed(0)
@@ -77,7 +83,7 @@ def bench_model(arch: str, size: int, batch_size: int, num_batches: int, repeat:
 
     def activations():
         st = stats.collect_activations(model, refs, data, bins=[10])
-        _ = [s.entropy(10) for s in st.values()]  # the one host transfer at the end
+        _ = [s.entropy(10) for s in st.values()]  # the lazy histograms: one host read per layer, at the end
 
     def train_step():
         for x, y in data:
@@ -93,6 +99,8 @@ def bench_model(arch: str, size: int, batch_size: int, num_batches: int, repeat:
     for name, fn, base_name, base in [("activations", activations, "forward", forward),
                                       ("batch grads", batch_grads, "train step", train_step),
                                       ("per-image", per_image, "train step", train_step)]:
+        if name not in {WHAT[w] for w in what}:
+            continue
         row = {"model": arch, "what": name, "baseline": base_name, "size": size, "batch_size": batch_size,
                "batches": num_batches, "layers": len(refs), "device": device_name(device), "dtype": "float32",
                "repeat": repeat}
@@ -118,13 +126,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--what", nargs="+", choices=list(WHAT), default=list(WHAT),
+                    help="which measurements (default: all three)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
     for arch in args.models:
-        rows += bench_model(arch, args.size, args.batch_size, args.batches, args.repeat, device)
+        rows += bench_model(arch, args.size, args.batch_size, args.batches, args.repeat, device, args.what)
     print(f"{'model':10} {'what':12} {'ms/batch':>9} {'baseline':>10} {'ms/batch':>9} {'ratio':>7}  (device: "
           f"{rows[0]['device']}, {args.batch_size}x3x{args.size}x{args.size}, {args.batches} batches, medians of "
           f"{args.repeat} interleaved runs, load average {os.getloadavg()[0]:.1f} at the end)")

@@ -24,15 +24,19 @@ def apoz(layer, stats, options, seed):
 
 @register("entropy", "activations", defaults={"bins": 10})
 def entropy(layer, stats, options, seed):
-    """``E[c] = -sum_j p[c, j] log p[c, j]`` (natural log, 0 log 0 = 0), ``p[c, j]`` the fraction of
-    images whose spatial average ``s[n, c]`` lies in bin j of ``bins`` equal-width bins (Luo & Wu 2017;
-    the paper's item 3).  Bin edges per filter are fixed from the first batch's min and max of s
-    (:mod:`pruning.stats`); values outside count in the end bins."""
+    """``E[c] = -sum_j p[c, j] log p[c, j]`` (natural log, 0 log 0 = 0), ``p[c, j]`` the fraction of the N
+    scoring images whose spatial average ``s[n, c]`` lies in bin j of ``bins`` equal-width bins over the
+    range ``[min_n s[n, c], max_n s[n, c]]`` of the average output over *all* N images (Luo & Wu 2017; the
+    paper's item 3): the counts are exactly ``numpy.histogram(s[:, c], bins=bins)`` (last bin closed; a
+    constant filter gets numpy's range ``(v - 0.5, v + 0.5)``, so E = 0), whatever the batching of the
+    images.  The averages s are kept on the device until the end (``4 N C`` bytes per layer;
+    :mod:`pruning.stats`)."""
     return stats.entropy(int(options["bins"]))
 
 
 @register("scaled_entropy", "activations", defaults={"bins": 10})
 def scaled_entropy(layer, stats, options, seed):
-    """``SE[c] = E[c] * mean[c]``: the ``entropy`` criterion times the ``mean_activation`` criterion
-    (the paper's item 6)."""
+    """``SE[c] = E[c] * mean[c]``: the ``entropy`` criterion (same bins: over the range of s over all
+    scoring images, ``numpy.histogram`` semantics) times the ``mean_activation`` criterion
+    ``(1/N) sum_n s[n, c]`` (the paper's item 6)."""
     return stats.entropy(int(options["bins"])) * stats.mean
