@@ -95,8 +95,25 @@ def collect_per_image(model: nn.Module, refs: List[LayerRef], batches: Iterable,
     return stats
 
 
-def collect_batch(model: nn.Module, refs: List[LayerRef], batches: Iterable) -> Dict[str, GradientStats]:
-    """Per-batch gradient l1 norms and first-order Taylor terms (module docstring)."""
+def _batch_grads(model: nn.Module, params: List[nn.Parameter], images: torch.Tensor, labels: torch.Tensor,
+                 micro_batch: Optional[int]) -> List[torch.Tensor]:
+    """``d L_B / d params`` for the mean cross-entropy ``L_B`` of the whole batch, computed in pieces of at
+    most ``micro_batch`` images (sum of each piece's summed-loss gradient, divided by the batch size)."""
+    n = images.shape[0]
+    step = n if micro_batch is None else int(micro_batch)
+    total = None
+    for start in range(0, n, step):
+        x, y = images[start:start + step], labels[start:start + step]
+        loss = F.cross_entropy(model(x), y, reduction="sum") / n
+        grads = torch.autograd.grad(loss, params)
+        total = list(grads) if total is None else [t + g for t, g in zip(total, grads)]
+    return total
+
+
+def collect_batch(model: nn.Module, refs: List[LayerRef], batches: Iterable,
+                  micro_batch: Optional[int] = None) -> Dict[str, GradientStats]:
+    """Per-batch gradient l1 norms and first-order Taylor terms (module docstring).  A batch is one batch of
+    ``batches``; ``micro_batch`` only bounds the images per backward (the gradient is accumulated)."""
     stats = {ref.name: GradientStats() for ref in refs}
     params: List[nn.Parameter] = []
     for ref in refs:
@@ -106,8 +123,7 @@ def collect_batch(model: nn.Module, refs: List[LayerRef], batches: Iterable) -> 
     with _requires_grad(params), torch.enable_grad():
         for images, labels in batches:
             labels = _check_labels(labels)
-            loss = F.cross_entropy(model(images), labels)
-            grads = dict(zip(map(id, params), torch.autograd.grad(loss, params)))
+            grads = dict(zip(map(id, params), _batch_grads(model, params, images, labels, micro_batch)))
             for ref in refs:
                 w = ref.conv.weight
                 g = grads[id(w)]

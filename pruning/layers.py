@@ -110,6 +110,13 @@ class LayerRef:
     def num_filters(self) -> int:
         return self.conv.out_channels
 
+    @property
+    def has_activation(self) -> bool:
+        """Whether the observed map is after an activation (a hooked activation module, a shared one, or a
+        function applied in the hook), not the bare conv/BN output."""
+        return (self.post is not None or self.shared_act is not None
+                or self.hook_name not in (self.name, self.bn_name))
+
     def masks_like_removal(self) -> bool:
         """Whether zeroing ``hook_module``'s output has the effect of removing the filters: true unless an
         activation still applied after it (``post``, or the ``shared_act`` module) maps 0 elsewhere."""

@@ -7,7 +7,11 @@ set, for every data criterion (``class_specific`` requires it).  The number of i
 returned as ``Scores.num_images`` (the paper's "quantum of data"; 0 for weight criteria).
 
 The model is scored in eval mode (its mode is restored after), on ``device`` if given (the model is moved
-there, in place, like ``nn.Module.to``), else on the device of its parameters.
+there, in place, like ``nn.Module.to``), else on the device of its parameters.  ``micro_batch`` bounds the
+images per forward/backward on the device: each batch of ``data`` is computed in pieces of at most that
+many images, and the scores do not depend on it beyond float rounding (activation and per-image gradient
+statistics are per image; a per-batch gradient, ``taylor``/``sensitivity_batch``, is accumulated over the
+pieces of its batch, so a *batch* is always one batch of ``data``).
 :func:`score_filters_multi` scores several criteria with one collection per kind of statistics: all
 activation criteria share a single forward pass.
 """
@@ -78,6 +82,31 @@ def _batches(data: Iterable, num_images: Optional[int], classes: Optional[Sequen
         yield images, labels
 
 
+def _pieces(batches: Iterable, micro_batch: Optional[int]) -> Iterator[tuple]:
+    """Each ``(images, labels)`` batch split into consecutive pieces of at most ``micro_batch`` images."""
+    for images, labels in batches:
+        if micro_batch is None or images.shape[0] <= micro_batch:
+            yield images, labels
+            continue
+        for start in range(0, images.shape[0], micro_batch):
+            stop = start + micro_batch
+            yield images[start:stop], None if labels is None else labels[start:stop]
+
+
+def _check_activation_sites(crits: List[Criterion], refs: List[LayerRef]) -> None:
+    """Activation criteria observe the map after each filter's activation; a conv with none after it (a
+    ResNet ``conv3`` or ``downsample`` conv, whose BN output goes into the residual add) would give
+    meaningless scores (APoZ: no zeros at all, so every filter ties and the lowest indices are kept)."""
+    bare = [ref.name for ref in refs if not ref.has_activation]
+    if bare:
+        names = ", ".join(c.name for c in crits)
+        raise ValueError(f"criterion {names} scores the feature map after each filter's activation, but "
+                         f"{', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no activation after "
+                         "the conv/BatchNorm (the output goes to a residual add or straight on); prune such "
+                         "layers with a weight or gradient criterion (l1, sensitivity, taylor, ...) or choose "
+                         "layers that are followed by an activation (e.g. protocol resnet50-16/-32)")
+
+
 def _resolve(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[LayerRef]:
     if isinstance(layers, str):
         if layers not in PROTOCOLS:
@@ -88,26 +117,29 @@ def _resolve(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[LayerR
     return resolve_layers(model, list(layers))
 
 
-def _collect(need: str, crits: List[Criterion], options: Dict[str, dict], model, refs, make_batches, seed):
+def _collect(need: str, crits: List[Criterion], options: Dict[str, dict], model, refs, make_batches, seed,
+             micro_batch: Optional[int] = None):
     """Run the collection for one kind of statistics; returns ({layer: stats}, num_images)."""
     if need == "weights":
         return {ref.name: None for ref in refs}, 0
     if need == "activations":
+        _check_activation_sites(crits, refs)
         bins = [int(options[c.name]["bins"]) for c in crits if "bins" in options[c.name]]
-        st = stats_mod.collect_activations(model, refs, make_batches(None), bins=bins)
+        st = stats_mod.collect_activations(model, refs, _pieces(make_batches(None), micro_batch), bins=bins)
         return st, st[refs[0].name].num_images
     if need == "per_image_grad":
         chunks = {options[c.name]["chunk_size"] for c in crits}
-        st = gradients.collect_per_image(model, refs, make_batches(None), chunk_size=min(chunks, key=lambda c: c or 1 << 62))
+        st = gradients.collect_per_image(model, refs, _pieces(make_batches(None), micro_batch),
+                                         chunk_size=min(chunks, key=lambda c: c or 1 << 62))
         return st, st[refs[0].name].num_images
     if need == "batch_grad":
-        st = gradients.collect_batch(model, refs, make_batches(None))
+        st = gradients.collect_batch(model, refs, make_batches(None), micro_batch=micro_batch)
         return st, st[refs[0].name].num_images
     if need == "masks":
         if len(crits) != 1:
             raise ValueError("only one mask-based criterion per call")
         opts = options[crits[0].name]
-        st = ensemble.collect_masks(model, refs, make_batches(opts["max_images"]), opts, seed)
+        st = ensemble.collect_masks(model, refs, _pieces(make_batches(opts["max_images"]), micro_batch), opts, seed)
         return st, st[refs[0].name].num_images
     raise AssertionError(need)  # unreachable: Criterion.needs is validated at registration
 
@@ -116,11 +148,15 @@ def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union
                         data: Optional[Iterable] = None, num_images: Optional[int] = None,
                         classes: Optional[Sequence[int]] = None, seed: int = 0,
                         device: Union[str, torch.device, None] = None,
-                        options: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Scores]:
+                        options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                        micro_batch: Optional[int] = None) -> Dict[str, Scores]:
     """Score ``layers`` with every criterion in ``criteria``; returns ``{criterion: Scores}``.
 
     ``options`` maps a criterion name to its options (e.g. ``{"entropy": {"bins": 20}}``).
+    ``micro_batch``: at most this many images per forward/backward (module docstring).
     """
+    if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
+        raise ValueError(f"micro_batch must be a positive int or None; got {micro_batch!r}")
     crits = [get_criterion(name) for name in criteria]
     if len({c.name for c in crits}) != len(crits):
         raise ValueError(f"duplicate criteria in {list(criteria)}")
@@ -155,7 +191,7 @@ def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union
     with eval_mode(model):
         for need in needs:
             group = [c for c in crits if c.needs == need]
-            collected, used = _collect(need, group, opts, model, refs, make_batches, seed)
+            collected, used = _collect(need, group, opts, model, refs, make_batches, seed, micro_batch)
             for c in group:
                 scores = {}
                 for ref in refs:
@@ -172,10 +208,11 @@ def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union
 
 def score_filters(model: nn.Module, criterion: str, layers: Union[str, Sequence[str]], data: Optional[Iterable] = None,
                   num_images: Optional[int] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
-                  device: Union[str, torch.device, None] = None, options: Optional[Mapping[str, Any]] = None
-                  ) -> Scores:
+                  device: Union[str, torch.device, None] = None, options: Optional[Mapping[str, Any]] = None,
+                  micro_batch: Optional[int] = None) -> Scores:
     """Scores of one criterion: ``{layer: 1-D tensor}`` (a :class:`Scores`, with ``.num_images``)."""
     if not isinstance(criterion, str):
         raise ValueError(f"criterion must be a registered name (str); got {type(criterion).__name__}")
     return score_filters_multi(model, [criterion], layers, data=data, num_images=num_images, classes=classes,
-                               seed=seed, device=device, options={criterion: options} if options else None)[criterion]
+                               seed=seed, device=device, options={criterion: options} if options else None,
+                               micro_batch=micro_batch)[criterion]

@@ -116,7 +116,7 @@ def test_training_does_not_synchronise_per_batch(accum):
 
 @pytest.mark.parametrize("subset", [None, [1, 3, 5, 7]])
 def test_evaluation_does_not_synchronise_per_batch(subset):
-    rt = Runtime(torch.device("cpu"))
+    rt = Runtime(torch.device("cpu"), amp=True, channels_last=True)  # the CUDA settings, on the CPU
     model = make_model("tinyvgg", 10, seed=0)
 
     def run(data):
@@ -195,7 +195,7 @@ def test_no_sync_per_batch_on_cuda():
         import pruning
         from pruning.loop.steps import _Batches
         stream = DataStream(d, classes=[1, 3, 5], shuffle=False)
-        pruning.score_filters(model, "class_specific", ["features.4"], _Batches(stream, 0, None, rt), classes=[1, 3, 5])
+        pruning.score_filters(model, "class_specific", ["features.4"], _Batches(stream, 0, None, rt, 8), classes=[1, 3, 5])
 
     for fn in (train, stats, val, scoring):
         fn(data(2))  # warm-up: lazy initialisation may synchronise once
@@ -210,7 +210,7 @@ def test_class_specific_scoring_in_the_loop_never_masks_a_device_batch(prefilter
     a sync.  Control: a stream that does not pre-filter makes the same filter mask the device batch."""
     import pruning
     from pruning.loop.steps import _Batches
-    rt = Runtime(torch.device("cpu"))
+    rt = Runtime(torch.device("cpu"), amp=True, channels_last=True)
     model = make_model("tinyvgg", 10, seed=0).eval()
     subset = [1, 3, 5]
     device_images, masked = set(), []
@@ -231,7 +231,7 @@ def test_class_specific_scoring_in_the_loop_never_masks_a_device_batch(prefilter
     data = _batches(4)
     stream = DataStream(data, classes=subset if prefiltered else None, name="score", shuffle=False)
     with Watch():
-        s = pruning.score_filters(model, "class_specific", ["features.4"], Tracked(stream, 0, None, rt),
+        s = pruning.score_filters(model, "class_specific", ["features.4"], Tracked(stream, 0, None, rt, 8),
                                   classes=subset)
     assert s.num_images == sum(int(torch.isin(y, torch.tensor(subset)).sum()) for _, y in data)
     assert (masked == []) if prefiltered else masked

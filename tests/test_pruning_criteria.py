@@ -46,6 +46,8 @@ def test_one_finite_deterministic_score_per_filter(name, tiny, resnet18, all_lay
         layers = all_layers[id(model)]
         if name == "bn_scale" and model is tiny:
             layers = ["features.5"]  # the only conv followed by a BatchNorm
+        if pruning.get_criterion(name).needs == "activations":  # only convs with an activation after them
+            layers = [r.name for r in pruning.resolve_layers(model, layers) if r.has_activation]
         a = pruning.score_filters(model, name, layers, data=data, seed=3, options=_options(name), **_kwargs(name))
         b = pruning.score_filters(model, name, layers, data=data, seed=3, options=_options(name), **_kwargs(name))
         modules = dict(model.named_modules())
@@ -153,17 +155,33 @@ def test_activation_criteria_equal_numpy_on_captured_maps(tiny, resnet18, bins):
     crits = ["mean_activation", "apoz", "entropy", "scaled_entropy"]
     opts = {"entropy": {"bins": bins}, "scaled_entropy": {"bins": bins}}
     cases = [(tiny, {"features.0": "features.1", "features.2": "features.3", "features.5": "features.7"}, False),
-             (resnet18, {"layer1.0.conv1": "layer1.0.bn1", "layer2.1.conv2": "layer2.1.bn2"}, True)]
+             (resnet18, {"layer1.0.conv1": "layer1.0.bn1", "layer2.1.conv1": "layer2.1.bn1"}, True)]
     for model, sites, resnet in cases:
         got = pruning.score_filters_multi(model, crits, list(sites), data=[(x, y)], options=opts)
         maps = _capture(model, sites, x)
-        if resnet:  # conv1 -> bn1 -> (shared) relu; conv2 -> bn2 -> residual add: no ReLU of its own
-            maps["layer1.0.conv1"] = np.maximum(maps["layer1.0.conv1"], 0)
+        if resnet:  # conv1 -> bn1 -> the block's (shared) relu
+            maps = {k: np.maximum(v, 0) for k, v in maps.items()}
         for layer, a in maps.items():
             ref = _reference(a, bins)
             for c in crits:
                 np.testing.assert_allclose(got[c][layer].numpy(), ref[c], rtol=1e-5, atol=1e-7, err_msg=f"{c} {layer}")
         assert got["apoz"]["features.0" if not resnet else "layer1.0.conv1"].min() < 1.0  # some zeros really seen
+
+
+@pytest.mark.parametrize("crit", ["mean_activation", "apoz", "entropy", "scaled_entropy"])
+def test_activation_criteria_refuse_a_conv_with_no_activation_after_it(resnet18, crit):
+    """ResNet's conv2 of a BasicBlock (conv3 of a Bottleneck, downsample convs) feeds BN into the residual add:
+    there is no activation of its own to observe (APoZ would see no zeros and tie every filter, so pruning
+    would silently keep the lowest indices).  Refused, naming the layer and the criterion."""
+    x, y = batches(1, 4, size=32, seed=5)[0]
+    for layer in ("layer2.1.conv2", "layer3.0.downsample.0"):
+        assert not pruning.resolve_layers(resnet18, [layer])[0].has_activation
+        with pytest.raises(ValueError, match=f"criterion {crit} scores the feature map after each filter's "
+                                             f"activation, but {layer} has no activation"):
+            pruning.score_filters(resnet18, crit, ["layer1.0.conv1", layer], data=[(x, y)])
+    # weight and gradient criteria are fine there
+    assert pruning.score_filters(resnet18, "l1", ["layer2.1.conv2"])["layer2.1.conv2"].numel() == 128
+    assert pruning.resolve_layers(resnet18, ["layer1.0.conv1"])[0].has_activation
 
 
 def test_weight_criteria_equal_numpy(tiny, resnet18):
@@ -314,20 +332,22 @@ def test_all_activation_criteria_share_one_forward_pass(tiny):
     assert calls == [2, 2, 2] and all(s.num_images == 6 for s in got.values())
 
 
-def test_histogram_edges_are_fixed_by_the_first_batch():
+def test_histogram_edges_span_all_images_not_the_first_batch():
     from pruning.stats import ActivationStats
 
     st = ActivationStats(2, bins=[4])
-    first = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, 1.0]])          # filter 1 constant: span taken as 1
+    first = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, 1.0]])          # filter 1 constant in the first batch
     later = torch.tensor([[5.0, 1.5], [-1.0, 0.2], [0.3, 1.9], [0.99, 1.0]])
     st.update(first)
     st.update(later)
-    s = torch.cat([first, later]).numpy()
-    hist0, _ = np.histogram(np.clip(s[:, 0], 0.0, 1.0), bins=4, range=(0.0, 1.0))
-    assert st.hist[4][0].tolist() == hist0.tolist() == [2, 1, 1, 3]
-    assert st.hist[4][1].tolist() == [5, 0, 1, 1]  # (s - 1) / 1 * 4: 0 -> bin 0, 0.5 -> bin 2, 0.9 -> bin 3
+    s = torch.cat([first, later]).numpy().astype(np.float64)
+    hist0, _ = np.histogram(s[:, 0], bins=4)  # range [-1, 5] over all 7 images, not the first batch's [0, 1]
+    hist1, _ = np.histogram(s[:, 1], bins=4)  # range [0.2, 1.9]
+    assert st.hist[4][0].tolist() == hist0.tolist() == [3, 3, 0, 1]
+    assert st.hist[4][1].tolist() == hist1.tolist() == [1, 4, 0, 2]
     torch.testing.assert_close(st.mean, torch.tensor(s.mean(axis=0), dtype=torch.float64))
     p = hist0 / 7
+    p = p[p > 0]
     torch.testing.assert_close(st.entropy(4)[0], torch.tensor(-(p * np.log(p)).sum(), dtype=torch.float64))
 
 
