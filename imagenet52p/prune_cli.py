@@ -66,7 +66,9 @@ def _labels(value: str | None):
 @click.option("--score-labels", default=None, help="comma-separated labels scoring is restricted to")
 @click.option("--round-to", type=int, default=1, show_default=True)
 @click.option("--min-keep", type=int, default=1, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True, help="images per optimizer step (all ranks)")
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="the global batch: images per optimizer step, summed over ranks and --accum-steps "
+                   "(each process loads batch-size / (accum-steps x ranks))")
 @click.option("--accum-steps", type=int, default=1, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="LR of the per-layer fine-tuning")
 @click.option("--final-lr", type=float, default=None, help="LR of the final fine-tune (default: --lr)")

@@ -16,8 +16,8 @@ for every option.
 from .config import LoopConfig, RunOptions, run_hash
 from .engine import Stopped, prune_finetune, run_loop
 from .evaluate import evaluate
-from .models import list_models, make_model, restrict_classifier
+from .models import FullHead, list_models, make_model, restrict_classifier
 from .run import RunSpec, run_spec
 
-__all__ = ["LoopConfig", "RunOptions", "RunSpec", "Stopped", "evaluate", "list_models", "make_model",
+__all__ = ["FullHead", "LoopConfig", "RunOptions", "RunSpec", "Stopped", "evaluate", "list_models", "make_model",
            "prune_finetune", "restrict_classifier", "run_hash", "run_loop", "run_spec"]

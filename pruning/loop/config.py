@@ -19,7 +19,11 @@ ORDERS = ("last_to_first", "first_to_last", "given")
 SCHEDULES = ("constant", "cosine", "step")
 SELECTIONS = ("best", "last")
 
-CONFIG_VERSION = 1
+#: Bumped when the same options come to compute different numbers, so that old and new results are
+#: never mixed (a cell's identity always includes it).  2: entropy bins over the range of all scoring
+#: images (was: the first batch's); scoring batches are ``batch_size`` images on any world size and
+#: accumulation; ``epochs_to_peak`` is None under an annealed final schedule.
+CONFIG_VERSION = 2
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -82,8 +86,14 @@ class LoopConfig:
       ``schedule``), ``momentum``, ``weight_decay``, ``nesterov``;
       ``schedule``: ``constant``, ``cosine`` (to 0 over the final fine-tune) or
       ``step`` (multiply by ``gamma`` every ``step_epochs`` epochs).
-      ``batch_size`` (per optimizer step, summed over ranks and accumulation
-      micro-batches) and ``accum_steps``.
+      ``batch_size``: the **global** batch, i.e. the images of one optimizer step
+      summed over DDP ranks and gradient-accumulation micro-batches, so the LR,
+      the schedule and the results do not depend on the GPU count; each rank
+      loads ``batch_size / (accum_steps x world size)`` images per micro-batch
+      (:meth:`micro_batch`; sizes that do not divide are refused).  The scoring
+      pass reads batches of ``batch_size`` images too (on rank 0, in pieces of
+      the micro-batch), so per-batch criteria (``taylor``) see the same batches
+      on any number of GPUs.  ``accum_steps``: micro-batches per optimizer step.
       ``select``: which final-fine-tune epoch is kept: ``best`` val top-1 (ties:
       lower val loss, then the earlier epoch) or ``last``.  Test is evaluated once, on the selected model.
       ``seed``: seeds shuffling, random criteria and initialisation of any RNG.
@@ -161,6 +171,17 @@ class LoopConfig:
         object.__setattr__(self, "p", float(self.p))
         object.__setattr__(self, "q", float(self.q))
         object.__setattr__(self, "data_fraction", float(self.data_fraction))
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Images per rank per micro-batch: ``batch_size / (accum_steps x world_size)``; a
+        ``ValueError`` naming the three numbers when it does not divide."""
+        split = self.accum_steps * int(world_size)
+        if self.batch_size % split:
+            raise ValueError(f"batch_size={self.batch_size} is the global batch (images per optimizer step, summed over "
+                             f"ranks and accumulation steps) and must be divisible by accum_steps x world size = "
+                             f"{self.accum_steps} x {world_size} = {split}; use a multiple of {split} "
+                             f"(e.g. {max(split, self.batch_size // split * split)})")
+        return self.batch_size // split
 
     @property
     def effective_final_lr(self) -> float:

@@ -22,8 +22,10 @@ all at once (one step, ``layer="*"``), and goes straight to the final fine-tune.
 
 Derived plasticity measures in the summary (val top-1 throughout):
 ``damage`` = ``acc_before - acc_damage`` and ``recovered`` = ``acc_recovery -
-acc_damage`` per step; ``epochs_to_peak`` = the first final epoch whose top-1 is
-within ``PEAK_TOL`` of the best final top-1; ``epochs_to_baseline`` = the first
+acc_damage`` per step; ``epochs_to_peak`` (the speed of recovery) = the first final epoch
+whose top-1 is within ``PEAK_TOL`` (0.5 points) of the best final top-1, measured only when the
+final LR is constant (``schedule="constant"``; None otherwise, with ``epochs_to_peak_note``
+saying why: an annealed LR puts every peak near the last epoch); ``epochs_to_baseline`` = the first
 final epoch at or above the unpruned baseline's top-1 (None if never).
 
 Run directory (written by rank 0): ``config.json``, ``events.jsonl``,
@@ -76,7 +78,8 @@ class Loop:
 
     def __init__(self, model: nn.Module, config: LoopConfig, train_data, val_data, test_data=None,
                  score_data=None, out_dir=None, options: RunOptions | None = None, meta: dict | None = None,
-                 logit_subset=None, train_pass_images: int | None = None, batch_transform=None):
+                 logit_subset=None, train_pass_images: int | None = None, batch_transform=None,
+                 score_head=None):
         self.cfg, self.opts = config, options or RunOptions()
         if config.ratio > 0:
             import pruning
@@ -95,10 +98,10 @@ class Loop:
                 batch_transform, nn.Module) else batch_transform
         self.out = None if out_dir is None else Path(out_dir)
         self.logit_subset = None if logit_subset is None else [int(c) for c in logit_subset]
-        micro = config.batch_size // config.accum_steps
-        if micro % self.world:
-            raise ValueError(f"batch_size/accum_steps = {micro} is not divisible by world size {self.world}")
-        micro //= self.world
+        micro = config.micro_batch(self.world)  # batch_size is global: split over ranks and accumulation
+        _check_loader_batch(train_data, micro, config, self.world)
+        self.micro = micro
+        self.score_head = score_head
         pin = self.runtime.is_cuda
         kw = dict(num_workers=self.opts.num_workers, pin_memory=pin)
         self.train = DataStream(train_data, micro, config.classes, config.data_fraction, config.seed,
@@ -111,7 +114,8 @@ class Loop:
         self.val = DataStream(val_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="val", **kw)
         self.test = (None if test_data is None else
                      DataStream(test_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="test", **kw))
-        self.score = DataStream(train_data if score_data is None else score_data, micro,
+        # scoring reads batches of the global batch_size (rank 0 only; pieces of `micro` on the device)
+        self.score = DataStream(train_data if score_data is None else score_data, config.batch_size,
                                 config.effective_score_classes, 1.0, config.seed + 1, shuffle=True,
                                 name="score", split_ranks=False, **kw)
         self.model = model
@@ -284,9 +288,21 @@ class Loop:
         return summary
 
 
+def _check_loader_batch(data, micro: int, config: LoopConfig, world: int) -> None:
+    """A DataLoader given as training data must yield the micro-batch that the global ``batch_size`` implies
+    (its own batch size would otherwise set the images per optimizer step, and with them the results)."""
+    bs = getattr(data, "batch_size", None)
+    if isinstance(bs, int) and not isinstance(data, torch.utils.data.Dataset) and bs != micro:
+        raise ValueError(f"the training DataLoader yields batches of {bs} images per process, but batch_size="
+                         f"{config.batch_size} is the global batch: {config.batch_size} / (accum_steps="
+                         f"{config.accum_steps} x world size={world}) = {micro} images per process; build the "
+                         f"DataLoader with batch_size={micro}")
+
+
 def run_loop(model: nn.Module, config: LoopConfig, train_data, val_data, test_data=None, score_data=None,
              out_dir=None, resume: bool = False, options: RunOptions | None = None, meta: dict | None = None,
-             logit_subset=None, train_pass_images: int | None = None, batch_transform=None) -> dict:
+             logit_subset=None, train_pass_images: int | None = None, batch_transform=None,
+             score_head=None) -> dict:
     """Run Algorithm 1 with a resolved :class:`LoopConfig`; returns the summary dict.
 
     ``model`` must be the *unpruned* network (also when resuming: the plans in
@@ -299,17 +315,24 @@ def run_loop(model: nn.Module, config: LoopConfig, train_data, val_data, test_da
     ``train_pass_images``: images per pass of an iterable that cannot tell.
     ``batch_transform``: applied to every image batch on the device (e.g.
     ``imagenet52p.transforms.Normalize()`` for uint8 batches; default for uint8:
-    divide by 255).
+    divide by 255).  ``score_head``: a :class:`~pruning.loop.models.FullHead`
+    whose classifier the scoring loss uses instead of the model's own (scoring
+    a class-subset model over all the classes its starting model knew);
+    ``score_data``'s labels are then in that classifier's label space.
+
+    Batches: ``config.batch_size`` is the global batch.  A ``DataLoader`` given
+    as ``train_data`` must have ``batch_size = config.micro_batch(world size)``
+    (refused otherwise); map-style datasets are batched by the loop.
     """
     return Loop(model, config, train_data, val_data, test_data, score_data, out_dir, options, meta,
-                logit_subset, train_pass_images, batch_transform).run(resume)
+                logit_subset, train_pass_images, batch_transform, score_head).run(resume)
 
 
 def prune_finetune(model: nn.Module, criterion: str, ratio: float, layers="all", train_data=None, val_data=None,
                    test_data=None, score_data=None, *, p: float = 1.0, q: float = 12.0, out_dir=None,
                    resume: bool = False, options: RunOptions | None = None, meta: dict | None = None,
                    logit_subset=None, train_pass_images: int | None = None, batch_transform=None,
-                   **config_fields) -> dict:
+                   score_head=None, **config_fields) -> dict:
     """Prune ``model`` layer by layer with ``criterion`` and fine-tune it (Algorithm 1); return the summary.
 
     ``layers``: a protocol name for ``pruning.prunable_layers`` or a list of conv
@@ -327,4 +350,4 @@ def prune_finetune(model: nn.Module, criterion: str, ratio: float, layers="all",
     cfg = LoopConfig(criterion=criterion, ratio=ratio, layers=layers if isinstance(layers, str) else tuple(layers),
                      p=p, q=q, **config_fields)
     return run_loop(model, cfg, train_data, val_data, test_data, score_data, out_dir, resume, options, meta,
-                    logit_subset, train_pass_images, batch_transform)
+                    logit_subset, train_pass_images, batch_transform, score_head)

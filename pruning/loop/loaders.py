@@ -89,10 +89,12 @@ def _labels_for(cs_data, sub, label_space: str) -> list[int] | None:
 
 def open_data(path, *, head: str = "full", label_space: str = "subset", classes: str | None = None,
               image_size: int = 224, resize: int | None = None, batch_size: int = 64, num_workers: int = 4,
-              seed: int = 0) -> RunData:
+              seed: int = 0, score_batch_size: int | None = None) -> RunData:
     """Resolve a build or folders tree into train/val/test data (module docstring).
 
-    ``batch_size`` is the per-process micro-batch of the DataLoaders of a build.
+    ``batch_size`` is the per-process micro-batch of the DataLoaders of a build
+    (``LoopConfig.micro_batch``); ``score_batch_size`` the scoring loader's batch (the global
+    ``batch_size``, read whole on rank 0; default ``batch_size``).
     ``classes``: a class set (``imagenet52p``, ``random52``, a wnid list file)
     restricting every split to those classes.
     """
@@ -148,9 +150,10 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
 
         def split(name, transform, shuffle, whole=False, persistent=True, keys=False):
             share = dict(rank=0, world_size=1) if whole else {}
+            bs = (score_batch_size or batch_size) if whole else batch_size
             ds = ImageNet52P(root, name, transform, target_transform, label_space=label_space, shuffle=shuffle,
-                             seed=seed, batch_size=batch_size, with_meta=keys, **share)
-            return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=T.collate,
+                             seed=seed, batch_size=bs, with_meta=keys, **share)
+            return DataLoader(ds, batch_size=bs, num_workers=num_workers, collate_fn=T.collate,
                               pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0 and persistent)
 
         manifest_splits = probe.manifest.get("splits", {})

@@ -146,3 +146,82 @@ def restrict_classifier(model: nn.Module, indices) -> nn.Module:
     _set_module(model, name, new)
     log.info("restricted classifier %s from %d to %d classes", name, fc.out_features, len(idx))
     return model
+
+
+class FullHead:
+    """The starting model's full classifier, for scoring a class-subset model over every class it knew.
+
+    ``weight`` ``[N, D]`` and ``bias`` ``[N]`` are the final ``nn.Linear`` of the starting model (e.g. the
+    1000 ImageNet-1k rows); ``rows[j]`` is the row of the current model's output ``j`` (the subset's classes,
+    as :func:`restrict_classifier` kept them).  :meth:`applied` swaps, for the duration of a block, the
+    model's final linear layer (``k`` outputs) for a full one: the current ``k`` rows at ``rows``, the
+    starting model's other ``N - k`` rows elsewhere, so the scoring loss is the cross-entropy over all
+    ``N`` classes of the current network (the paper's sensitivity, sec. 3.3.5: "averaged over all images
+    in the training data").  The current rows are shared, not copied: gradients reach the real weights.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows):
+        self.weight = weight.detach().to("cpu").clone()
+        self.bias = None if bias is None else bias.detach().to("cpu").clone()
+        self.rows = [int(r) for r in rows]
+        if len(set(self.rows)) != len(self.rows) or not all(0 <= r < self.weight.shape[0] for r in self.rows):
+            raise ValueError(f"FullHead: rows must be distinct rows of the {self.weight.shape[0]}-row classifier")
+
+    @classmethod
+    def of(cls, model: nn.Module, rows) -> "FullHead":
+        """The full head of ``model`` (before :func:`restrict_classifier` keeps ``rows``)."""
+        _, fc = find_classifier(model)
+        return cls(fc.weight, fc.bias, rows)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    def applied(self, model: nn.Module):
+        return _FullHeadSwap(self, model)
+
+
+class _FullHeadSwap:
+    def __init__(self, head: FullHead, model: nn.Module):
+        self.head, self.model = head, model
+
+    def __enter__(self):
+        h = self.head
+        self.name, fc = find_classifier(self.model)
+        if fc.out_features != len(h.rows) or fc.in_features != h.weight.shape[1]:
+            raise ValueError(f"scoring with the full classifier needs the model's final layer {self.name!r} to have "
+                             f"{len(h.rows)} outputs and {h.weight.shape[1]} inputs as when it was restricted; it has "
+                             f"{fc.out_features} x {fc.in_features} (the layers feeding it were pruned): score with "
+                             "the cell's own head (score_head = \"cell\") or protect those layers")
+        self.fc = fc
+        _set_module(self.model, self.name, _ScatterLinear(h, fc))
+        return self.model
+
+    def __exit__(self, *exc):
+        _set_module(self.model, self.name, self.fc)
+        return False
+
+
+class _ScatterLinear(nn.Module):
+    """Logits over all ``N`` classes: column ``rows[j]`` is the current layer's output ``j``; the other
+    columns come from the starting model's rows (frozen buffers)."""
+
+    def __init__(self, head: FullHead, current: nn.Linear):
+        super().__init__()
+        w = current.weight
+        keep = torch.ones(head.num_classes, dtype=torch.bool)
+        keep[head.rows] = False
+        other = torch.nonzero(keep).flatten()
+        order = torch.cat([torch.tensor(head.rows, dtype=torch.long), other])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        self.current = current
+        self.register_buffer("other_w", head.weight[other].to(w.device, w.dtype), persistent=False)
+        self.register_buffer("other_b", None if head.bias is None else head.bias[other].to(w.device, w.dtype),
+                             persistent=False)
+        self.register_buffer("inverse", inverse.to(w.device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        other = nn.functional.linear(x, self.other_w.to(x.dtype),
+                                     None if self.other_b is None else self.other_b.to(x.dtype))
+        return torch.cat([self.current(x), other], dim=1).index_select(1, self.inverse)

@@ -91,13 +91,10 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     options = options or RunOptions()
     init_distributed(options.device)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    micro = config.batch_size // config.accum_steps // world
-    if micro < 1:
-        raise ValueError(f"batch_size={config.batch_size} is too small for accum_steps={config.accum_steps} "
-                         f"x world size {world}")
+    micro = config.micro_batch(world)  # batch_size is the global batch
     data = open_data(spec.data, head=spec.head, label_space=spec.label_space, classes=spec.classes,
                      image_size=spec.image_size, resize=spec.resize, batch_size=micro,
-                     num_workers=options.num_workers, seed=config.seed)
+                     num_workers=options.num_workers, seed=config.seed, score_batch_size=config.batch_size)
     if data.classes is not None and config.classes is None:
         config = dataclasses.replace(config, classes=data.classes)
     num_classes = spec.num_classes or (1000 if data.restrict_rows is not None else data.num_labels)

@@ -6,6 +6,7 @@ whose state they advance; every stage ends in a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -25,6 +26,10 @@ from .train import lr_at, make_optimizer, train_chunk
 log = logging.getLogger(__name__)
 
 PEAK_TOL = 0.005  # epochs_to_peak: first epoch within this of the best final val top-1
+#: Final-phase schedules under which the epoch of the val peak measures how fast the network recovers.
+#: Under an annealed LR (cosine to 0, step decay) the val curve keeps rising while the LR falls, so its
+#: peak lands near the last epoch whatever the network: the schedule's doing, not a recovery speed.
+RECOVERY_SCHEDULES = ("constant",)
 
 
 # ------------------------------------------------------------------ core adapters
@@ -64,26 +69,54 @@ def cost(model: nn.Module, input_size) -> dict:
 
 
 class _Batches:
-    """A re-iterable view of one pass of a stream (criteria may iterate more than once): images on the
-    device, normalised like the training batches; labels left on the host, where ``score_filters``
-    checks them against the scoring classes without waiting for the device (the stream has already
-    kept only those classes) and then copies them over."""
+    """A re-iterable view of one pass of a stream (criteria may iterate more than once), in batches of
+    exactly ``batch`` images (the global ``batch_size``; the last may be smaller) whatever the stream
+    yields, so per-batch criteria see the same batches on any world size, accumulation and loader.
+    Images go to the device, normalised like the training batches; labels stay on the host, where
+    ``score_filters`` checks them against the scoring classes without waiting for the device (the
+    stream has already kept only those classes) and then copies them over."""
 
-    def __init__(self, stream, pass_index: int, budget, runtime):
+    def __init__(self, stream, pass_index: int, budget, runtime, batch: int):
         self.stream, self.pass_index, self.budget, self.runtime = stream, pass_index, budget, runtime
+        self.batch = int(batch)
 
     def __iter__(self):
-        for x, y in self.stream.batches(self.pass_index, self.budget):
+        for x, y in rebatch(self.stream.batches(self.pass_index, self.budget), self.batch):
             yield self.runtime.images_to_device(x), y
 
 
+def rebatch(batches, size: int):
+    """``(images, labels)`` host batches regrouped into batches of exactly ``size`` (the last one may be
+    smaller), in the same order; batches that already have ``size`` images pass through uncopied."""
+    xs, ys, held = [], [], 0
+    for x, y in batches:
+        if not xs and len(y) == size:
+            yield x, y
+            continue
+        xs.append(x)
+        ys.append(y)
+        held += len(y)
+        while held >= size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            yield x_all[:size], y_all[:size]
+            xs, ys = ([x_all[size:]], [y_all[size:]]) if held > size else ([], [])
+            held -= size
+    if held:
+        yield torch.cat(xs), torch.cat(ys)
+
+
 def score(loop, names: list[str], step: int) -> tuple[dict, int]:
-    """Scores of ``names`` on the scoring stream and the number of images used."""
+    """Scores of ``names`` on the scoring stream and the number of images used.  Batches of the global
+    ``batch_size``, computed in pieces of the micro-batch; with ``loop.score_head`` the loss is over the
+    starting model's full classifier (:class:`~pruning.loop.models.FullHead`)."""
     cfg = loop.cfg
-    data = _Batches(loop.score, step, cfg.score_images, loop.runtime)
-    scores = score_filters(loop.model, cfg.criterion, names, data=data, num_images=cfg.score_images,
-                           classes=cfg.effective_score_classes, seed=cfg.seed * 1000 + step,
-                           device=loop.runtime.device, options=cfg.criterion_options or None)
+    data = _Batches(loop.score, step, cfg.score_images, loop.runtime, cfg.batch_size)
+    head = loop.score_head.applied(loop.model) if loop.score_head is not None else contextlib.nullcontext()
+    with head:
+        scores = score_filters(loop.model, cfg.criterion, names, data=data, num_images=cfg.score_images,
+                               classes=cfg.effective_score_classes, seed=cfg.seed * 1000 + step,
+                               device=loop.runtime.device, options=cfg.criterion_options or None,
+                               micro_batch=loop.micro)
     return dict(scores), scores.num_images
 
 
@@ -160,7 +193,7 @@ def run_step(loop, i: int, names: list[str], p: float) -> None:
             "filters_kept": sum(modules[n].out_channels for n in names),
             "per_layer": {n: [filters_before[n], modules[n].out_channels] for n in names},
             "acc_before": before, "acc_damage": damage, "score_images": used, "finetune_images": 0,
-            "train_loss": None,
+            "optimizer_steps": 0, "train_loss": None,
         }
         loop.timing["partial"] = {"score_s": t_score, "prune_s": t_prune, "train_s": 0.0, "data_s": 0.0,
                                   "compute_s": 0.0, "wall_s": 0.0}
@@ -174,6 +207,7 @@ def run_step(loop, i: int, names: list[str], p: float) -> None:
         before_imgs = sum(chunks[:j])
         stats = _train(loop, chunks[j], None, before_imgs, f"fine-tune {part['layer']}")
         part["finetune_images"] += stats.images
+        part["optimizer_steps"] = part.get("optimizer_steps", 0) + stats.optimizer_steps
         part["train_loss"] = stats.loss
         tpart["train_s"] += stats.wall_time
         tpart["data_s"] += stats.data_time
@@ -219,7 +253,8 @@ def run_final(loop) -> None:
         acc = loop._val()
         epoch = min(float(j + 1), cfg.q)
         row = {"epoch": epoch, "images": stats.images, "images_total": before_imgs + stats.images,
-               "val": acc, "train_loss": stats.loss, "lr_end": lr_fn(before_imgs + stats.images)}
+               "optimizer_steps": stats.optimizer_steps, "val": acc, "train_loss": stats.loss,
+               "lr_end": lr_fn(before_imgs + stats.images)}
         loop.rec["final"].append(row)
         timing = {k: v for k, v in stats.to_dict().items() if k.endswith("_s")}
         loop.timing["final"].append(timing)
@@ -283,8 +318,11 @@ def finish(loop) -> dict:
         "after_steps": {"val": after_steps},
         "final": {"epochs": rows, "selected_epoch": None if selected is None else selected["epoch"],
                   "val": selected["val"] if selected else after_steps,
-                  "epochs_to_peak": None if best_top1 is None else _first_epoch(
-                      rows, lambda a: a >= best_top1 - PEAK_TOL),
+                  "epochs_to_peak": None if best_top1 is None or cfg.schedule not in RECOVERY_SCHEDULES
+                  else _first_epoch(rows, lambda a: a >= best_top1 - PEAK_TOL),
+                  "epochs_to_peak_note": None if cfg.schedule in RECOVERY_SCHEDULES else
+                  f"not measured: the final LR is annealed (schedule={cfg.schedule!r}), so the val peak is where "
+                  "the LR ends, not how fast the network recovers; use schedule='constant'",
                   "epochs_to_baseline": _first_epoch(rows, lambda a: a >= base["val"]["top1"])},
         "test": test,
         "cost": {**final_cost, "params_ratio": final_cost["params"] / base["params"],

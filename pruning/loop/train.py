@@ -42,8 +42,8 @@ class Runtime:
     """Device placement and speed options of a run (see ``RunOptions``)."""
 
     device: torch.device
-    amp: bool = True
-    channels_last: bool = True
+    amp: bool = False  # bf16 autocast; ``create`` turns it on for CUDA (a hand-built CPU Runtime stays fp32)
+    channels_last: bool = False
     normalize: object = None  # callable on the device batch (e.g. imagenet52p.transforms.Normalize())
 
     @classmethod
