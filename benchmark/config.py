@@ -67,8 +67,18 @@ INITS = ("pretrained", "scratch")
 #: ``restrict``: a subset's classifier keeps only the subset's rows of the full classifier.
 #: ``full``: keep the full classifier and evaluate N-way on the subset's images.
 HEADS = ("restrict", "full")
+#: Scoring data of a data-driven criterion (paper sec. 3.3): ``full`` = the training split of the set the
+#: starting model was trained on (``[data] full``: all its classes; "averaged over all images in the
+#: training data"), ``subset`` = the training split of the cell's own class set.  Defaults (see
+#: :func:`benchmark.grid.resolve_scoring`): ``subset`` for ``class_specific`` (sec. 3.3.7: "only those
+#: images in the training data which correspond to the l classes"), ``full`` for every other criterion.
+SCORE_DATA = ("full", "subset")
+#: Classifier of the scoring loss (gradient and mask criteria): ``full`` = every class the starting model
+#: knew (the cell's own rows in place, the others from the starting model: ``pruning.loop.FullHead``),
+#: ``cell`` = the cell's own head (e.g. the 52 restricted rows).  Default ``full``.
+SCORE_HEADS = ("full", "cell")
 
-CELL_FIELDS = ("kind", "model", "init", "class_set", "head")
+CELL_FIELDS = ("kind", "model", "init", "class_set", "head", "score_data", "score_head")
 LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopConfig) if f.name != "version")
 TOP_KEYS = ("name", "description", "reference", "estimate_gpu_hours", "data", "model", "pretrain",
             "base", "baseline", "grid")
@@ -155,7 +165,8 @@ def parse_config(doc: dict, source: str = "<dict>") -> ExperimentConfig:
         for k, v in g.items():
             if isinstance(v, list) and not v:
                 raise ValueError(f"{source}: [[grid]] #{i + 1} axis {k!r} is an empty list")
-        for name, valid in (("kind", KINDS), ("init", INITS), ("head", HEADS)):
+        for name, valid in (("kind", KINDS), ("init", INITS), ("head", HEADS), ("score_data", SCORE_DATA),
+                            ("score_head", SCORE_HEADS)):
             for v in _as_list(g.get(name, [])):
                 if v not in valid:
                     raise ValueError(f"{source}: [[grid]] #{i + 1}: {name}={v!r} is not one of {', '.join(valid)}")

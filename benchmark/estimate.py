@@ -5,8 +5,9 @@ Per cell (``N`` = train images of its class set x ``data_fraction``; ``L`` = tar
 
 * trained images = ``L * p * N + q * F + L * score`` (``F`` = train images x
   ``final_data_fraction``; scoring counted as training images: the gradient criteria need a
-  backward pass; ``score`` = ``score_images`` or a full pass of the train split, 0 for criteria
-  computed from the weights alone such as l1 and random)
+  backward pass; ``score`` = ``score_images`` or a full pass of the train split of the scoring
+  set: the ``full`` build for a cell with ``score_data = "full"``, else the cell's own; 0 for
+  criteria computed from the weights alone such as l1 and random)
 * evaluated images = ``V * (1 + 2 L + ceil(q)) + T`` (baseline, damage and recovery per step,
   one per final epoch, test once)
 * scratch/reduced cells: ``q * F`` trained, ``V * (1 + ceil(q)) + T`` evaluated.
@@ -101,7 +102,8 @@ def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_i
         if lc.ratio > 0:
             layers = lc.layers if isinstance(lc.layers, str) else None
             steps = 1 if lc.one_shot else (n_layers(c.model, layers) if layers else len(lc.layers))
-        score = lc.score_images if lc.score_images is not None else n_tr
+        score_set = "full" if c.score_data == "full" else c.class_set
+        score = lc.score_images if lc.score_images is not None else (size_of(score_set)[0] if c.score_data else 0)
         if c.criterion in ("none",) or _needs(c.criterion) == "weights":
             score = 0  # l1, random, ...: scored from the weights alone
         p = 0.0 if lc.one_shot else lc.p

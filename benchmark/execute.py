@@ -5,11 +5,19 @@ What a cell runs, by kind (``benchmark.config.KINDS``):
 
 * ``prune``: the starting model (see below), classifier adapted to the class set, then
   ``run_loop`` with the cell's LoopConfig (ratio 0 = the unpruned baseline).
-* ``scratch`` / ``reduced``: a random-init model whose target layers (``layers`` for
-  ``scratch``, every prunable conv for ``reduced``) keep the first ``round((1 - ratio) * n)``
-  filters (``pruning.select_filters``, so the widths equal Algorithm 1's at that ratio); all
-  parameters are then re-initialised (seeded), and ``run_loop`` with ratio 0 trains it for
-  ``q`` epochs.  ``bench.json`` records the unreduced network's params/MACs.
+* ``scratch``: the pruned architecture: a random-init model whose target layers (``layers``) keep
+  the first ``round((1 - ratio) * n)`` filters (``pruning.select_filters``, so the widths equal
+  Algorithm 1's at that ratio), re-initialised (seeded), trained by ``run_loop`` with ratio 0 for
+  ``q`` epochs.
+* ``reduced``: a uniformly thinner network with the **same parameter count as the pruned
+  architecture** (Crowley et al., 003): every prunable conv reduced by one ratio found by bisection
+  (:func:`match_reduced`), re-initialised and trained for ``q`` epochs.  ``bench.json`` records the
+  unreduced network's params/MACs (``params_full``), the architecture's (``params_arch``) and, for
+  ``reduced``, ``params_target`` (the pruned architecture's), ``params_matched`` and ``reduced_ratio``.
+
+Scoring (``prune`` with ratio > 0 and a data criterion): the cell's ``score_data`` / ``score_head``
+(:func:`benchmark.grid.resolve_scoring`) choose the build whose train split is scored and the
+classifier of the scoring loss (:func:`_scoring`).
 
 Starting model (``prune``): ``init="pretrained"``: ``[model].weights`` (a state_dict file), or
 with ``weights="pretrain"`` a model the runner trains from random init on the ``full`` build
@@ -136,10 +144,24 @@ def _pretrain_weights(cfg: ExperimentConfig, env: CellEnv, class_set: str, n_cla
     return out / "model"
 
 
-def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv):
-    """``(model factory without weights, model with starting weights, target_map)``."""
+@dataclass
+class StartModel:
+    """What a cell starts from: ``factory()`` builds the architecture (no weights), ``model`` holds the
+    starting weights (classifier adapted to the class set), ``target_map`` maps the cell build's labels
+    into the model's label space (``head="full"`` on a subset), ``full_rows[j]`` is the full build's class
+    of the cell build's label ``j`` (None on the full set or without a full classifier), and ``full_head``
+    the starting model's full classifier before it was restricted (for ``score_head="full"``)."""
+
+    factory: object
+    model: object
+    target_map: object = None
+    full_rows: list | None = None
+    full_head: object = None
+
+
+def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> StartModel:
     from pruning import load_pruned
-    from pruning.loop import make_model, restrict_classifier
+    from pruning.loop import FullHead, make_model, restrict_classifier
 
     name = cell.model
     build = cfg.build_path(cell.class_set, env.data_root, env.data)
@@ -148,8 +170,8 @@ def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv):
         n = len(sub)
         fresh = lambda: make_model(name, n, seed=cell.seed)  # noqa: E731
         if cell.kind != "prune":
-            return fresh, fresh(), None
-        return fresh, load_pruned(fresh, _pretrain_weights(cfg, env, cell.class_set, n)), None
+            return StartModel(fresh, fresh())
+        return StartModel(fresh, load_pruned(fresh, _pretrain_weights(cfg, env, cell.class_set, n)))
     full_classes = _classes(cfg.build_path("full", env.data_root, env.data)) if "full" in cfg.data else None
     n_full = int(cfg.model.get("num_classes") or (len(full_classes) if full_classes else len(sub)))
     weights = cfg.weights_path(env.data_root, env.weights)
@@ -159,7 +181,7 @@ def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv):
     else:
         model = make_model(name, n_full, weights=weights, seed=cell.seed)
     if cell.class_set == "full":
-        return base, model, None
+        return StartModel(base, model)
     if full_classes is not None:
         pos = full_classes.wnid_to_idx
         missing = [w for w in sub.wnids if w not in pos]
@@ -168,11 +190,36 @@ def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv):
                              "a subset must be drawn from the full set")
         idx = [pos[w] for w in sub.wnids]
     else:
-        idx = sub.imagenet1k_indices
+        idx = list(sub.imagenet1k_indices)
     if cell.head == "restrict":
+        full_head = FullHead.of(model, idx)
         restrict_classifier(model, idx)
-        return (lambda: restrict_classifier(base(), idx)), model, None
-    return base, model, LabelMap(idx)
+        return StartModel(lambda: restrict_classifier(base(), idx), model, None, idx, full_head)
+    return StartModel(base, model, LabelMap(idx), idx)
+
+
+def _scoring(cfg: ExperimentConfig, cell: Cell, env: CellEnv, start: StartModel, lc):
+    """``(score loader, FullHead or None, score_classes or None)`` for ``cell.score_data`` /
+    ``cell.score_head`` (:func:`benchmark.grid.resolve_scoring`): the train split (eval transform, batches
+    of the global ``batch_size``) of the full build or of the cell's build, with labels in the label space
+    of the classifier the scoring loss uses; ``score_classes`` (``class_specific``) are the labels of the
+    cell's classes in that space."""
+    import pruning
+
+    if cell.score_data is None:
+        return None, None, None
+    full_head = start.full_head if cell.score_head == "full" else None
+    if cell.score_data == "full" and cell.class_set != "full":
+        # the full build's labels are the full classifier's (the model's own with head="full")
+        build, target = cfg.build_path("full", env.data_root, env.data), None
+        subset_labels = start.full_rows
+    else:
+        build = cfg.build_path(cell.class_set, env.data_root, env.data)
+        target = LabelMap(start.full_rows) if (full_head is not None or start.target_map is not None) else None
+        subset_labels = target.table if target is not None else list(range(len(_classes(build))))
+    loader = open_split(cfg, build, "train", "score", lc.batch_size, lc.seed, env, target)
+    wants_classes = pruning.get_criterion(lc.criterion).requires_classes and lc.effective_score_classes is None
+    return loader, full_head, (list(subset_labels) if wants_classes else None)
 
 
 def prepare_cell(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> None:
@@ -187,17 +234,81 @@ def prepare_cell(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> None:
         _pretrain_weights(cfg, env, "full", int(cfg.model.get("num_classes") or len(full)))
 
 
-def _reduce(model, cell: Cell, example):
-    """Keep the first filters of every target layer (widths as Algorithm 1 at ``ratio``), re-init."""
+def _first_filters(model, names, ratio: float, lc, example):
+    """Keep the first ``round((1 - ratio) n)`` filters of each conv in ``names`` (Algorithm 1's widths at
+    ``ratio``, via ``pruning.select_filters``), in place."""
     import pruning
 
-    layers = "all" if cell.kind == "reduced" else cell.loop_config.layers
-    names = pruning.prunable_layers(model, layers) if isinstance(layers, str) else list(layers)
     convs = dict(model.named_modules())
     scores = {n: torch.arange(convs[n].out_channels, 0, -1, dtype=torch.float32) for n in names}
-    lc = cell.loop_config
-    plan = pruning.select_filters(scores, lc.ratio, round_to=lc.round_to, min_keep=lc.min_keep)
+    plan = pruning.select_filters(scores, ratio, round_to=lc.round_to, min_keep=lc.min_keep)
     pruning.apply_plan(model, {k: [int(i) for i in v] for k, v in dict(plan).items()}, example)
+    return model
+
+
+def _num_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _target_names(model, layers) -> list:
+    import pruning
+    return pruning.prunable_layers(model, layers) if isinstance(layers, str) else list(layers)
+
+
+def _widths(model, names, ratio: float, lc) -> tuple:
+    """Filters each conv of ``names`` keeps at ``ratio`` (what :func:`_first_filters` leaves), without surgery."""
+    import pruning
+
+    convs = dict(model.named_modules())
+    scores = {n: torch.arange(convs[n].out_channels, 0, -1, dtype=torch.float32) for n in names}
+    plan = pruning.select_filters(scores, ratio, round_to=lc.round_to, min_keep=lc.min_keep)
+    return tuple(len(plan[n]) for n in names)
+
+
+def match_reduced(model, cell: Cell, example, iterations: int = 40) -> dict:
+    """The uniform ratio ``r`` for a ``reduced`` cell (Crowley et al., 003): every prunable conv (protocol
+    ``all``) reduced by the same ``r``, chosen by bisection so that the network's parameter count is the
+    closest to that of the *pruned architecture* of the same cell (``layers`` at ``ratio``: what Algorithm 1
+    and the ``scratch`` kind leave).  Returns ``{"reduced_ratio", "params_target", "params_matched"}``;
+    ``model`` (unpruned) is not modified.  The count is a non-increasing step function of ``r``; the
+    network is built (and its parameters counted) once per distinct set of widths the bisection visits."""
+    import copy
+
+    lc = cell.loop_config
+    target = _num_params(_first_filters(copy.deepcopy(model), _target_names(model, lc.layers), lc.ratio, lc, example))
+    every = _target_names(model, "all")
+    by_widths: dict[tuple, int] = {}
+
+    def params_at(r: float) -> int:
+        w = _widths(model, every, r, lc)
+        if w not in by_widths:
+            by_widths[w] = _num_params(_first_filters(copy.deepcopy(model), every, r, lc, example))
+        return by_widths[w]
+
+    lo, hi = 0.0, 0.999
+    if params_at(hi) >= target:
+        lo = hi
+    for _ in range(iterations):
+        if lo == hi or params_at(lo) == target or _widths(model, every, lo, lc) == _widths(model, every, hi, lc):
+            break
+        mid = (lo + hi) / 2
+        if params_at(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda r: (abs(params_at(r) - target), params_at(r)))
+    return {"reduced_ratio": best, "params_target": target, "params_matched": params_at(best)}
+
+
+def _reduce(model, cell: Cell, example, ratio: float | None = None):
+    """The architecture of a ``scratch``/``reduced`` cell, re-initialised (seeded): ``scratch`` keeps the
+    first filters of the cell's ``layers`` at its ``ratio``; ``reduced`` reduces every prunable conv by
+    ``ratio`` (:func:`match_reduced`'s, for the same parameter count as the pruned architecture)."""
+    lc = cell.loop_config
+    if cell.kind == "reduced":
+        _first_filters(model, _target_names(model, "all"), lc.ratio if ratio is None else ratio, lc, example)
+    else:
+        _first_filters(model, _target_names(model, lc.layers), lc.ratio, lc, example)
     torch.manual_seed(cell.seed)
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
@@ -206,39 +317,46 @@ def _reduce(model, cell: Cell, example):
 
 
 def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: CellEnv) -> dict:
-    """Run (or resume) ``cell`` in ``run_dir`` and measure latency; returns the engine's summary."""
+    """Run (or resume) ``cell`` in ``run_dir`` and measure latency; returns the engine's summary.
+
+    ``batch_size`` is the global batch: under ``torchrun`` each rank's loaders yield
+    ``batch_size / (accum_steps x world size)`` images (``LoopConfig.micro_batch``); scoring reads
+    batches of ``batch_size`` on rank 0."""
     import pruning
     from pruning.loop import LoopConfig, run_loop
+    from pruning.loop.data import dist_info
 
     run_dir = Path(run_dir)
     lc = cell.loop_config
-    factory, model, target_map = _start_model(cfg, cell, env)
+    start = _start_model(cfg, cell, env)
+    model, target_map = start.model, start.target_map
     build = cfg.build_path(cell.class_set, env.data_root, env.data)
-    bs = lc.batch_size // lc.accum_steps
+    bs = lc.micro_batch(dist_info()[1])
     train = open_split(cfg, build, "train", "train", bs, lc.seed, env, target_map)
-    score = open_split(cfg, build, "train", "score", bs, lc.seed, env, target_map)
     val = open_split(cfg, build, "val", "val", bs, lc.seed, env, target_map)
     has_test = train.dataset.manifest["splits"].get("test", {}).get("num_samples")
     test = open_split(cfg, build, "test", "test", bs, lc.seed, env, target_map) if has_test else None
     size = int(cfg.data_options.get("image_size", 224))
     example = torch.zeros(1, 3, size, size)
-    if cell.kind == "prune" and lc.ratio > 0 and lc.effective_score_classes is None and \
-            pruning.get_criterion(lc.criterion).requires_classes:
-        # class_specific: score on the images of the cell's class set, i.e. all of its labels
-        labels = target_map.table if target_map is not None else range(len(_classes(build)))
-        lc = LoopConfig.from_dict({**lc.to_dict(), "score_classes": list(labels)})
+    score, score_head = None, None
+    if cell.kind == "prune" and lc.ratio > 0:
+        score, score_head, score_classes = _scoring(cfg, cell, env, start, lc)
+        if score_classes is not None:
+            lc = LoopConfig.from_dict({**lc.to_dict(), "score_classes": score_classes})
     extra = {}
     if cell.kind != "prune":
         full_cost = pruning.count_cost(model, (3, size, size))
         extra = {"params_full": int(full_cost["params"]), "macs_full": int(full_cost["macs"])}
-        model = _reduce(model, cell, example)
+        if cell.kind == "reduced":
+            extra.update(match_reduced(model, cell, example))
+        model = _reduce(model, cell, example, extra.get("reduced_ratio"))
+        extra["params_arch"] = _num_params(model)
         lc = LoopConfig.from_dict({**lc.to_dict(), "ratio": 0.0, "criterion": "none", "layers": "all"})
     summary = run_loop(model, lc, train, val, test, score, out_dir=run_dir, resume=True, options=_opts(env),
                        meta={"cell": cell.id, "cell_hash": cell.hash}, train_pass_images=train.dataset.num_samples,
-                       batch_transform=_normalize())
-    from pruning.loop.data import dist_info
+                       batch_transform=_normalize(), score_head=score_head)
     if dist_info()[0] == 0 and (run_dir / "summary.json").is_file() and not (run_dir / BENCH_FILE).is_file():
-        _write_bench(run_dir, factory, summary, cell, cfg, env, extra, example)
+        _write_bench(run_dir, start.factory, summary, cell, cfg, env, extra, example)
     return summary
 
 
@@ -253,7 +371,7 @@ def _write_bench(run_dir: Path, factory, summary: dict, cell: Cell, cfg, env: Ce
     pruned = factory()
     plan = summary.get("plan") or {}
     if cell.kind != "prune":
-        pruned = _reduce(pruned, cell, example)
+        pruned = _reduce(pruned, cell, example, extra.get("reduced_ratio"))
     elif plan:
         pruning.apply_plan(pruned, {k: [int(i) for i in v] for k, v in plan.items()}, example)
     a = pruning.measure_latency(unpruned, shape, bs, device=device, warmup=5, repeats=20)

@@ -48,6 +48,8 @@ class Cell:
     init: str
     class_set: str
     head: str
+    score_data: str | None  # benchmark.config.SCORE_DATA, resolved (resolve_scoring); None: no data scored
+    score_head: str | None  # benchmark.config.SCORE_HEADS, resolved; None: no scoring loss
     loop: tuple  # sorted (key, value) pairs of LoopConfig.to_dict(), hashable
     context: str  # canonical JSON of the model/pretrain/data options in the identity
 
@@ -124,10 +126,55 @@ def _make_cell(cfg: ExperimentConfig, values: dict) -> Cell:
         loop = LoopConfig.from_dict(loop_vals)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{cfg.source}: cell {cell_vals} has an invalid loop option: {e}") from None
+    cell_vals["score_data"], cell_vals["score_head"] = resolve_scoring(cfg, cell_vals, loop)
     weights_used = cell_vals["kind"] == "prune"  # scratch/reduced start from random init
     ctx = _context(cfg, cell_vals["model"], cell_vals["init"], weights_used)
     return Cell(loop=tuple(sorted((k, _hashable(v)) for k, v in identity_loop(loop).items())), context=ctx,
                 **cell_vals)
+
+
+def resolve_scoring(cfg: ExperimentConfig, cell: dict, loop: LoopConfig) -> tuple[str | None, str | None]:
+    """``(score_data, score_head)`` of a cell (``benchmark.config.SCORE_DATA`` / ``SCORE_HEADS``), resolved
+    so that a cell's identity says what it scores on; ``None`` where it does not apply (no layer step, a
+    weight criterion; ``score_head`` for activation criteria, which need no loss).
+
+    Defaults follow the paper's definitions (sec. 3.3): every data-driven criterion averages over all the
+    training data of the starting model (``full``: the ``[data] full`` build, all its classes) except
+    ``class_specific``, which averages over the images of the cell's classes only (``subset``); a loss is
+    taken over the starting model's full classifier (``full``).  For a cell on the full class set both
+    are ``full``; a model trained from scratch on the cell's own classes (``init = "scratch"``), or a
+    config without a ``full`` build, knows only the cell's classes (``subset`` / ``cell``)."""
+    data, head = cell.get("score_data"), cell.get("score_head")
+    if cell["kind"] != "prune" or loop.ratio == 0 or loop.criterion == BASELINE_CRITERION:
+        return None, None
+    from pruning import get_criterion
+    crit = get_criterion(loop.criterion)
+    if crit.needs == "weights":
+        return None, None
+    where = f"{cfg.source}: cell {loop.criterion} on {cell['class_set']}"
+    own_only = cell["init"] == "scratch" or "full" not in cfg.data
+    if cell["class_set"] == "full":
+        data = "full"
+    else:
+        data = data or ("subset" if crit.requires_classes or own_only else "full")
+        if data == "full" and own_only:
+            raise ValueError(f"{where}: score_data = \"full\" needs a [data] full build and a model pretrained on it; "
+                             "this model knows only the cell's classes: use score_data = \"subset\"")
+    if crit.needs == "activations":
+        return data, None
+    if cell["class_set"] == "full" or cell["head"] == "full":
+        head = "full"  # the cell's own classifier is the full one
+    elif cell["init"] == "scratch":
+        if head == "full":
+            raise ValueError(f"{where}: score_head = \"full\" needs a starting model with a full classifier; "
+                             "a model trained from scratch on the cell's classes has only its own: use \"cell\"")
+        head = "cell"
+    else:
+        head = head or "full"
+    if data == "full" and head == "cell":
+        raise ValueError(f"{where}: score_data = \"full\" with score_head = \"cell\" is impossible: images of "
+                         "classes outside the cell's restricted head have no label there; use score_head = \"full\"")
+    return data, head
 
 
 def loop_defaults() -> dict:

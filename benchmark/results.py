@@ -23,7 +23,13 @@ used and ``metric_split`` says so):
 ``damage``        mean over layer steps of ``acc_before - acc_damage`` (val top-1)
 ``damage_max``    the largest of those drops
 ``recovery``      mean over layer steps of ``acc_recovery - acc_damage`` (val top-1)
-``epochs_to_recover``  first final fine-tune epoch within ``PEAK_TOL`` of its best val top-1
+``epochs_to_recover``  first final fine-tune epoch within ``PEAK_TOL`` (0.5 points) of its best val top-1,
+                  only under a constant final LR (None under an annealed schedule, whose peak is
+                  where the LR ends; ``epochs_to_recover_note`` says so)
+``score_data`` / ``score_head``  what a data criterion scored on and the classifier of its loss
+                  (``benchmark.config.SCORE_DATA`` / ``SCORE_HEADS``; None for weight criteria)
+``params_target`` / ``params_matched`` / ``reduced_ratio``  ``reduced`` cells: the pruned architecture's
+                  parameter count, the reduced network's, and the uniform ratio that matched them
 ``epochs_to_baseline`` first final epoch at or above the unpruned val top-1 (None if never)
 ``images_finetune``    images used for fine-tuning (layer steps + final), ``images_scoring`` for scoring
 ``params_reduction`` / ``macs_reduction``  ``1 - pruned / unpruned``
@@ -105,6 +111,7 @@ def read_run(run_dir: str | Path) -> dict:
         "id": cell.get("id", d.name), "hash": cell.get("hash"), "state": state,
         "model": c.get("model"), "class_set": c.get("class_set"), "kind": c.get("kind"),
         "init": c.get("init"), "head": c.get("head"),
+        "score_data": c.get("score_data"), "score_head": c.get("score_head"),
         "criterion": loop.get("criterion"), "ratio": loop.get("ratio"), "seed": loop.get("seed"),
         "code_version": cell.get("code_version"), "class_sha256": cell.get("class_sha256"),
         "class_set_name": cell.get("class_set_name"), "device": cell.get("device"), "error": None,
@@ -142,6 +149,9 @@ def read_run(run_dir: str | Path) -> dict:
         "damage_max": max((st["damage"] for st in steps if st.get("damage") is not None), default=None),
         "recovery": _mean([st.get("recovered") for st in steps]),
         "epochs_to_recover": final.get("epochs_to_peak"), "epochs_to_baseline": final.get("epochs_to_baseline"),
+        "epochs_to_recover_note": final.get("epochs_to_peak_note"),
+        "params_target": bench.get("params_target"), "params_matched": bench.get("params_matched"),
+        "reduced_ratio": bench.get("reduced_ratio"),
         "images_finetune": images.get("finetune_total"), "images_scoring": images.get("scoring"),
         "train_images_per_epoch": images.get("train_images_per_epoch"),
         "data_fraction": s.get("config", {}).get("data_fraction", loop.get("data_fraction")),

@@ -35,11 +35,18 @@ TINY_VAL_PER_CLASS = 3
 
 
 def _build(root: Path, out: Path, classes: str, val_per_class: int, progress: bool = True) -> None:
+    import json
+    import shutil
+
     from imagenet52p.build import BuildConfig, build_dataset
 
     if (out / "manifest.json").is_file():
-        print(f"  reusing build {out}")
-        return
+        want = load_class_set(classes).sha256
+        if json.loads((out / "manifest.json").read_text())["class_set"]["sha256"] == want:
+            print(f"  reusing build {out}")
+            return
+        print(f"  {out} holds another class list (made by an earlier version): rebuilding it")
+        shutil.rmtree(out)
     t = time.perf_counter()
     build_dataset(BuildConfig(root=root, out=out, classes=classes, val_per_class=val_per_class, seed=0,
                               shard_size=2000, eval_shard_size=1000, workers=2, progress=progress))
@@ -72,8 +79,8 @@ def main(argv=None) -> int:
     root = Path(a.root) if a.root else out / f"fake_imagenet{sfx}"
     if a.root is None:
         t = time.perf_counter()
-        if not (root / "val").is_dir():
-            make_fake_imagenet(root, full_wnids, spec)
+        if not all((root / split / w).is_dir() for split in ("train", "val") for w in full_wnids):
+            make_fake_imagenet(root, full_wnids, spec)  # new, or made for another class list
         print(f"\n[1/4] synthetic ImageNet tree (NOT real images), {len(full_wnids)} classes x "
               f"{spec.train_per_class}+{spec.val_per_class} images at {root} ({time.perf_counter() - t:.1f}s)")
     data = out / f"data{sfx}"

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from test_bench_runs import make_builds  # noqa: E402
+from test_bench_runs import make_builds, run_doc  # noqa: E402
 
 from benchmark.config import parse_config  # noqa: E402
 from benchmark.execute import CellEnv  # noqa: E402
@@ -34,13 +34,7 @@ DOC = {
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-    import torch
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("kinds")
-    data = make_builds(root)
-    cfg = parse_config(DOC, "kinds.toml")
-    results = root / "results"
-    counts = run_grid(cfg, CellEnv(results_dir=str(results), data_root=str(data), device="cpu"))
+    cfg, results, counts, _ = run_doc(tmp_path_factory.mktemp("kinds"), DOC, "kinds.toml")
     return cfg, results, counts
 
 
@@ -57,7 +51,13 @@ def test_class_specific_scores_on_the_class_sets_images(done):
     cfg, results, _ = done
     cell = next(c for c in expand_grid(cfg) if c.criterion == "class_specific")
     s = _summ(results, cell)
-    assert s["config"]["score_classes"] == [0, 1, 2]  # every label of the 3-class subset build
+    # every class of the 3-class subset build, as labels of the full classifier the scoring loss uses
+    # (score_head = "full"): their positions in the 6-class full build
+    from benchmark.execute import _classes
+    data = results.parent / "data"
+    full, sub = _classes(data / "full"), _classes(data / "sub")
+    assert (cell.score_data, cell.score_head) == ("subset", "full")
+    assert s["config"]["score_classes"] == [full.wnid_to_idx[w] for w in sub.wnids] != [0, 1, 2]
     assert all(st["score_images"] == 16 for st in s["steps"])  # score_images = 16
 
 
@@ -136,6 +136,11 @@ def test_cells_under_torchrun_with_two_processes(tmp_path):
         assert s["world_size"] == 2
         assert s["test"]["images"] == 6 * 4  # 6 classes x 4 test images, each counted once over both ranks
         assert (p.parent / "bench.json").is_file()
+        # batch_size is the global batch: each rank loads half of it, so an optimizer step is batch_size images
+        bs = s["config"]["batch_size"]
+        for st in s["steps"] + s["final"]["epochs"]:
+            images = st.get("finetune_images", st.get("images"))
+            assert st["optimizer_steps"] == -(-images // bs), (images, st["optimizer_steps"], bs)
 
 
 def test_baseline_evaluated_without_finetuning_is_attached_to_its_table(done, tmp_path):
