@@ -2,7 +2,7 @@
 
     imagenet52p-bench run CONFIG [--out RESULTS] [--device cuda] [--task-index i --num-tasks n] [--resume]
     imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n]
-    imagenet52p-bench leaderboard RESULTS [--format md|csv|html|json] [--output FILE]
+    imagenet52p-bench leaderboard RESULTS [--config NAME] [--format md|csv|overall-csv|html|json] [--output FILE]
     imagenet52p-bench configs
 
 CONFIG is a TOML file or the name of a shipped config (``imagenet52p-bench configs`` lists them).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-FORMATS = ("md", "csv", "html", "json")
+FORMATS = ("md", "csv", "overall-csv", "html", "json")
 
 
 def _clean_errors(fn):
@@ -152,13 +152,18 @@ def list_cmd(config, out, num_tasks, as_json) -> None:
 
 @main.command("leaderboard")
 @click.argument("results", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True)
+@click.option("--config", "config", default=None,
+              help="The config whose cells to show (a name recorded in RESULTS/experiments/); required when "
+                   "RESULTS holds several configs.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True,
+              help="csv: one row per table entry; overall-csv: the overall ranking, one row per criterion.")
 @click.option("--output", "-o", default=None, help="Write to this file instead of stdout.")
 @click.option("--note", default=None, help="A banner shown above the tables (e.g. 'synthetic data').")
 @_clean_errors
-def leaderboard_cmd(results, fmt, output, note) -> None:
-    """Aggregate the runs in RESULTS into the leaderboard."""
-    text = render(results, fmt, note)
+def leaderboard_cmd(results, config, fmt, output, note) -> None:
+    """Aggregate the runs in RESULTS into the leaderboard (of one config: --config NAME, or the only one
+    recorded there)."""
+    text = render(results, fmt, note, config=config)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(text, encoding="utf-8")
@@ -167,27 +172,41 @@ def leaderboard_cmd(results, fmt, output, note) -> None:
         click.echo(text, nl=False)
 
 
-def render(results, fmt: str, note: str | None = None, board: dict | None = None) -> str:
-    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``html``, ``json``).  ``board``: RESULTS already
-    aggregated by :func:`benchmark.leaderboard.build_leaderboard`, to render several formats from one scan."""
+def render(results, fmt: str, note: str | None = None, board: dict | None = None, config: str | None = None) -> str:
+    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``overall-csv``, ``html``, ``json``).
+
+    Cells: those of config ``config`` as recorded in RESULTS (:func:`benchmark.runner.select_experiment`);
+    with no ``config``, the only config recorded there, and every cell when none is (a folder with several
+    configs and no ``config`` is a ValueError listing them); run directories outside the config's grid are
+    left out.  Title, description and reference tables come from that record.  ``board``: RESULTS already
+    aggregated by :func:`benchmark.leaderboard.build_leaderboard`, to render several formats from one scan
+    (re-aggregated from its runs when it holds cells of other configs)."""
     from . import formats
-    from .leaderboard import build_leaderboard
+    from .leaderboard import aggregate, build_leaderboard
     from .report import render_html
-    from .runner import read_experiment
+    from .runner import select_experiment
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    exp = select_experiment(results, config)
+    ids = exp.get("cell_ids")
     if board is None:
-        board = build_leaderboard(results)
-    exp = read_experiment(results)
+        board = build_leaderboard(results, ids)
+    elif ids is not None and not {r["id"] for r in board["runs"]} <= set(ids):
+        keep = set(ids)
+        rows = [r for r in board["runs"] if r["id"] in keep]
+        board = aggregate(rows, {r["id"]: r.get("loop", {}) for r in rows})
     title = f"Leaderboard: {exp.get('name', Path(results).name)}"
     refs = tuple(exp.get("reference", ())) or None
     if fmt == "md":
         return formats.to_markdown(board, title, note, refs)
     if fmt == "csv":
         return formats.to_csv(board)
+    if fmt == "overall-csv":
+        return formats.to_csv_overall(board)
     if fmt == "json":
-        return formats.to_json(board, refs)
+        meta = {k: v for k, v in exp.items() if k != "cell_ids"} or None
+        return formats.to_json(board, refs, meta)
     return render_html(board, title=title, note=note, description=exp.get("description", ""), references=refs)
 
 

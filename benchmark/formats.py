@@ -1,4 +1,5 @@
-"""Text renderings of a leaderboard (:func:`benchmark.leaderboard.aggregate`): Markdown, CSV, JSON.
+"""Text renderings of a leaderboard (:func:`benchmark.leaderboard.aggregate`): Markdown, CSV (entries, or
+the overall ranking with :func:`to_csv_overall`), JSON.
 
 Accuracies and reductions are shown in percent (``65.03 ± 0.31`` = mean ± sample std over
 seeds; ``(n)`` seeds when more than one); ``—`` means not measured.  The HTML page is
@@ -18,7 +19,8 @@ DETAIL_COLUMNS = (
     ("top1", "Top-1", "pct"), ("top5", "Top-5", "pct"), ("params_reduction", "Params −", "pct"),
     ("macs_reduction", "MACs −", "pct"), ("speedup", "Speedup", "x"), ("damage", "Damage", "pct"),
     ("recovery", "Recovery", "pct"), ("epochs_to_recover", "Epochs to recover", "num"),
-    ("images_finetune", "Images fine-tune", "int"),
+    ("images_finetune", "Images fine-tune", "int"), ("images_scoring", "Images scoring", "int"),
+    ("params", "Params", "int"), ("params_target", "Params target (reduced: the pruned arch.)", "int"),
 )
 
 
@@ -75,7 +77,8 @@ def main_grid(t: dict) -> tuple[list[str], list[list[str]]]:
 
 def detail_rows(t: dict) -> tuple[list[str], list[list[str]]]:
     header = ["Criterion", "Ratio", "Seeds"] + [h for _, h, _ in DETAIL_COLUMNS] + \
-             ["Cell hash", "Run config hash", "Code", "Class sha256", "Device", "Errors"]
+             ["Cell hash", "Run config hash", "Code", "Class sha256", "Device", "Scoring data", "Scoring loss",
+              "Errors"]
     rows = []
     for e in ([t["baseline"]] if t["baseline"] else []) + t["entries"]:
         name = "unpruned" if e is t["baseline"] else e["criterion"]
@@ -85,13 +88,59 @@ def detail_rows(t: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+OVERALL_HEADER = [
+    "Rank", "Criterion", "Mean normalised rank (0 = best, 1 = worst)", "Columns", "Best alone in",
+    "Beats random in (columns)", "Δ top-1 vs random, seed-paired: mean ± std (pp)", "SE of Δ (pp)",
+    "Seed pairs", "Unpaired runs", "Mean top-1", "Mean damage",
+]
+
+#: What the overall ranking's columns mean, printed under it (definitions: benchmark.leaderboard).
+OVERALL_NOTE = (
+    "Columns are the (table, ratio) pairs with at least two criteria. In each, criteria are ranked by mean top-1 "
+    "(ties share the mean rank) and the rank is normalised to (rank − 1)/(k − 1) for k criteria, so 0 is the best "
+    "and 1 the worst of any column size; the table is ordered by the mean of these over the columns a criterion "
+    "appears in. Beats random: columns where its mean top-1 is above random's / columns both appear in. "
+    "Δ vs random: runs of the criterion and of random in the same table, ratio and seed are paired; mean and sample "
+    "std (ddof = 1) of top1(criterion, seed) − top1(random, seed) over all pairs of all shared columns, in "
+    "percentage points; SE = std/√pairs (pairs treated as independent). Runs without a partner seed are left out "
+    "and counted. Mean top-1 / damage: means over the criterion's columns.")
+
+
+def _pp(v, std=None) -> str:
+    if v is None:
+        return "—"
+    return f"{100 * v:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
 def overall_rows(board: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Rank", "Criterion", "Mean rank", "Columns", "Wins", "Mean top-1", "Δ top-1 vs random",
-              "Mean damage"]
-    rows = [[str(i + 1), o["criterion"], f"{o['mean_rank']:.2f}", str(o["columns"]), str(o["wins"]),
-             fmt(o["mean_top1"]), "—" if o["vs_random"] is None else f"{100 * o['vs_random']:+.2f}",
-             fmt(o["mean_damage"])] for i, o in enumerate(board["overall"])]
-    return header, rows
+    """The overall ranking (:func:`benchmark.leaderboard.rank_overall`): one row per criterion."""
+    rows = []
+    for i, o in enumerate(board["overall"]):
+        rand = o["random_columns"] is None  # random itself: the reference
+        rows.append([
+            str(i + 1), o["criterion"], f"{o['norm_rank']:.3f}", str(o["columns"]), str(o["wins"]),
+            "(reference)" if rand else (f"{o['beats_random']}/{o['random_columns']}" if o["random_columns"] else "—"),
+            "(reference)" if rand else _pp(o["vs_random"], o["vs_random_std"]),
+            "—" if o["vs_random_se"] is None else f"{100 * o['vs_random_se']:.2f}",
+            "—" if rand else str(o["vs_random_n"]), "—" if rand else str(o["vs_random_unpaired"]),
+            fmt(o["mean_top1"]), fmt(o["mean_damage"])])
+    return list(OVERALL_HEADER), rows
+
+
+OVERALL_CSV_FIELDS = ("rank", "criterion", "norm_rank", "columns", "wins", "beats_random", "random_columns",
+                      "vs_random", "vs_random_std", "vs_random_se", "vs_random_n", "vs_random_unpaired",
+                      "mean_top1", "mean_damage")
+
+
+def to_csv_overall(board: dict) -> str:
+    """The overall ranking as CSV, one row per criterion, raw fractions (``vs_random`` 0.012 = +1.2 points);
+    fields as in :func:`benchmark.leaderboard.rank_overall`, empty = not applicable."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(OVERALL_CSV_FIELDS), lineterminator="\n")
+    w.writeheader()
+    for i, o in enumerate(board["overall"]):
+        w.writerow({"rank": i + 1, **{k: ("" if o[k] is None else o[k]) for k in OVERALL_CSV_FIELDS[1:]}})
+    return buf.getvalue()
 
 
 def to_markdown(board: dict, title: str = "Leaderboard", note: str | None = None,
@@ -105,8 +154,8 @@ def to_markdown(board: dict, title: str = "Leaderboard", note: str | None = None
     for t in board["tables"]:
         parts += [f"## {t['label']}", "", _md_table(*main_grid(t)), "", _md_table(*detail_rows(t)), ""]
     if board["overall"]:
-        parts += ["## Overall ranking (mean rank of top-1 over every table × ratio column)", "",
-                  _md_table(*overall_rows(board)), ""]
+        parts += ["## Overall ranking (mean normalised rank of top-1 over every table × ratio column)", "",
+                  OVERALL_NOTE, "", _md_table(*overall_rows(board)), ""]
     refs = reference_tables(references)
     if refs:
         parts += ["---", "", "## Published numbers (reference only — NOT measured by this benchmark)", ""]
@@ -142,5 +191,9 @@ def to_csv(board: dict) -> str:
     return buf.getvalue()
 
 
-def to_json(board: dict, references: tuple[str, ...] | None = None) -> str:
-    return json.dumps({**board, "reference": reference_tables(references)}, indent=1, sort_keys=True) + "\n"
+def to_json(board: dict, references: tuple[str, ...] | None = None, experiment: dict | None = None) -> str:
+    """The board, the reference tables and (when given) the config's experiment record as JSON."""
+    doc = {**board, "reference": reference_tables(references)}
+    if experiment:
+        doc["experiment"] = experiment
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"

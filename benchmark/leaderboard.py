@@ -10,12 +10,35 @@ Each **entry** (table x criterion x ratio) aggregates the ``done`` runs of all i
 for every metric, ``mean`` = arithmetic mean and ``std`` = sample standard deviation
 (``ddof=1``; ``None`` with a single seed).  Failed runs are counted (``n_failed``) and
 their errors listed, never averaged.  Provenance (config hashes, code versions, class-list
-sha256, devices) is the sorted set over the entry's runs.
+sha256, devices) is the sorted set over the entry's runs; ``top1_runs`` lists ``{seed, top1}`` of
+its done runs (what the paired differences to ``random`` below are computed from).
 
-The **overall ranking** ranks criteria within every (table, ratio) column that has at
-least two criteria by mean top-1 (1 = best, ties share the mean rank) and orders criteria
-by their mean rank over columns; ``vs_random`` is the mean top-1 difference to ``random``
-in the columns where both appear.
+The **overall ranking** compares criteria across every (table, ratio) **column** holding at
+least two criteria with a measured mean top-1 (columns with one criterion are skipped).  In a
+column of ``k`` criteria, ranks go by mean top-1 (1 = best; tied criteria share the mean of the
+ranks they span) and are normalised to ``norm = (rank - 1) / (k - 1)`` in [0, 1] (0 = best,
+1 = worst, whatever ``k``), so 4th of 7 (0.5) and 2nd of 3 (0.5) count the same and 2nd of 3 is
+not mistaken for 2nd of 7.  Per criterion:
+
+``norm_rank``      mean of its normalised ranks over the columns it appears in; the table is
+                   ordered by it (then by name).  Raw ranks are kept per column in ``ranks``
+                   (table, ratio, rank, k, norm) but never averaged: they do not compare
+                   across columns of different size.
+``columns``        the number of those columns; ``wins``: columns where it is best alone.
+``beats_random`` / ``random_columns``  the number of columns where its mean top-1 is strictly
+                   above ``random``'s, out of the columns both appear in (``None`` for random).
+``vs_random``      the **paired** top-1 difference to ``random``: in every column where both have
+                   done runs, runs are paired by seed (same table, ratio and seed) and
+                   ``d = top1(c, seed) - top1(random, seed)``; ``vs_random`` is the mean of ``d``
+                   over all pairs of all columns (each pair weighs the same), ``vs_random_std``
+                   the sample std of those ``d`` (``ddof=1``; None for fewer than two pairs),
+                   ``vs_random_n`` the number of pairs and ``vs_random_se`` = std / sqrt(n).
+                   The pairs pool columns (tables, ratios) with seeds, so the std measures the
+                   spread of the difference over both, and the standard error treats pairs as
+                   independent.  A run whose seed has no partner (or whose seed occurs more than
+                   once in its entry, which cannot be paired unambiguously) is left out and
+                   counted in ``vs_random_unpaired`` (runs of either side).
+``mean_top1`` / ``mean_damage``  plain means over its columns of the entry means.
 """
 
 from __future__ import annotations
@@ -28,8 +51,11 @@ from .grid import BASELINE_CRITERION
 
 METRICS = ("top1", "top5", "val_top1", "params_reduction", "macs_reduction", "speedup", "damage",
            "damage_max", "recovery", "epochs_to_recover", "epochs_to_baseline", "images_finetune",
-           "images_scoring", "params", "macs", "latency_ms", "after_steps_top1")
-PROVENANCE = ("hash", "config_hash", "code_version", "class_sha256", "device")
+           "images_scoring", "params", "macs", "latency_ms", "after_steps_top1", "params_target", "params_matched",
+           "reduced_ratio")
+#: Per-entry provenance: the sorted set over its runs.  ``score_data`` / ``score_head``: what a data criterion
+#: scored on and the classifier of its loss (``benchmark.config.SCORE_DATA`` / ``SCORE_HEADS``).
+PROVENANCE = ("hash", "config_hash", "code_version", "class_sha256", "device", "score_data", "score_head")
 _TABLE_EXCLUDE = ("criterion", "ratio", "seed", "id", "hash")
 _PRUNE_ONLY = ("layers", "order", "one_shot", "round_to", "min_keep", "score_images", "score_classes", "p")
 
@@ -117,7 +143,9 @@ def _entry(criterion: str, ratio: float, runs: list[dict]) -> dict:
          "n_failed": sum(r["state"] == "failed" for r in runs),
          "n_unfinished": sum(r["state"] in ("partial", "pending") for r in runs),
          "seeds": sorted(r["seed"] for r in done), "errors": sorted({r["error"] for r in runs if r["error"]}),
-         "ids": sorted(r["id"] for r in runs)}
+         "ids": sorted(r["id"] for r in runs),
+         "top1_runs": sorted(({"seed": r["seed"], "top1": float(r["top1"])} for r in done
+                              if r.get("top1") is not None), key=lambda x: (x["seed"], x["top1"]))}
     for m in METRICS:
         e[m], e[m + "_std"] = mean_std([r.get(m) for r in done])
     for p in PROVENANCE + ("metric_split",):
@@ -138,30 +166,72 @@ def _ranks(values: dict[str, float]) -> dict[str, float]:
     return ranks
 
 
+def _pairs(entry: dict, rand: dict) -> tuple[list[float], int]:
+    """Seed-paired ``top1(entry) - top1(random)`` differences of one column, and the number of runs left
+    unpaired (on either side: seed without a partner, or a seed that occurs twice in one entry)."""
+    def by_seed(e):
+        seeds: dict = defaultdict(list)
+        for r in e.get("top1_runs", []):
+            seeds[r["seed"]].append(r["top1"])
+        return seeds
+    a, b = by_seed(entry), by_seed(rand)
+    diffs, unpaired = [], 0
+    for s in set(a) | set(b):
+        if len(a.get(s, ())) == 1 and len(b.get(s, ())) == 1:
+            diffs.append(a[s][0] - b[s][0])
+        else:
+            unpaired += len(a.get(s, ())) + len(b.get(s, ()))
+    return diffs, unpaired
+
+
 def rank_overall(tables: list[dict]) -> list[dict]:
-    """Criteria ordered by mean rank of top-1 over all (table, ratio) columns (see module docstring)."""
-    rank_lists, deltas, top1s, damages = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
+    """Criteria ordered by mean normalised rank of top-1 over the (table, ratio) columns, with wins over
+    random and the seed-paired difference to random (exact definitions in the module docstring)."""
+    per = defaultdict(lambda: {"ranks": [], "top1": [], "damage": [], "beats": 0, "shared": 0, "diffs": [],
+                               "unpaired": 0})
     for t in tables:
         for ratio in t["ratios"]:
             col = {e["criterion"]: e for e in t["entries"] if e["ratio"] == ratio and e["top1"] is not None}
-            if len(col) < 2:
+            k = len(col)
+            if k < 2:
                 continue
+            rand = col.get("random")
             for c, rk in _ranks({c: e["top1"] for c, e in col.items()}).items():
-                rank_lists[c].append(rk)
-                top1s[c].append(col[c]["top1"])
-                if col[c]["damage"] is not None:
-                    damages[c].append(col[c]["damage"])
-                if "random" in col:
-                    deltas[c].append(col[c]["top1"] - col["random"]["top1"])
-    out = [{"criterion": c, "mean_rank": mean_std(rks)[0], "columns": len(rks), "wins": sum(r == 1 for r in rks),
-            "mean_top1": mean_std(top1s[c])[0], "vs_random": mean_std(deltas[c])[0],
-            "mean_damage": mean_std(damages[c])[0]} for c, rks in rank_lists.items()]
-    return sorted(out, key=lambda o: (o["mean_rank"], o["criterion"]))
+                p, e = per[c], col[c]
+                p["ranks"].append({"table": t["label"], "ratio": ratio, "rank": rk, "k": k,
+                                   "norm": (rk - 1) / (k - 1)})
+                p["top1"].append(e["top1"])
+                if e["damage"] is not None:
+                    p["damage"].append(e["damage"])
+                if rand is not None and c != "random":
+                    p["shared"] += 1
+                    p["beats"] += e["top1"] > rand["top1"]
+                    diffs, unpaired = _pairs(e, rand)
+                    p["diffs"] += diffs
+                    p["unpaired"] += unpaired
+    out = []
+    for c, p in per.items():
+        is_random = c == "random"
+        d_mean, d_std = mean_std(p["diffs"])
+        n = len(p["diffs"])
+        out.append({
+            "criterion": c, "norm_rank": mean_std([r["norm"] for r in p["ranks"]])[0], "columns": len(p["ranks"]),
+            "wins": sum(r["rank"] == 1 for r in p["ranks"]), "ranks": p["ranks"],
+            "beats_random": None if is_random else p["beats"], "random_columns": None if is_random else p["shared"],
+            "vs_random": d_mean, "vs_random_std": d_std, "vs_random_n": None if is_random else n,
+            "vs_random_se": None if d_std is None else d_std / math.sqrt(n),
+            "vs_random_unpaired": None if is_random else p["unpaired"],
+            "mean_top1": mean_std(p["top1"])[0], "mean_damage": mean_std(p["damage"])[0]})
+    return sorted(out, key=lambda o: (o["norm_rank"], o["criterion"]))
 
 
-def build_leaderboard(results_dir) -> dict:
-    """Scan ``results_dir`` (every run directory, through :mod:`benchmark.results`) and aggregate it."""
+def build_leaderboard(results_dir, cell_ids=None) -> dict:
+    """Scan ``results_dir`` (every run directory, through :mod:`benchmark.results`) and aggregate it;
+    with ``cell_ids`` (a config's grid, :func:`benchmark.runner.read_experiments`), only those runs."""
     from .results import scan
 
     rows = scan(results_dir)
+    if cell_ids is not None:
+        keep = set(cell_ids)
+        rows = [r for r in rows if r["id"] in keep]
     return aggregate(rows, {r["id"]: r.get("loop", {}) for r in rows})

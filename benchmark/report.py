@@ -61,8 +61,8 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
         out.append("<details><summary>all columns (reductions, speedup, plasticity, provenance)</summary>")
         out.append(_table_html(*formats.detail_rows(t), cls="detail") + "</details>")
     if board["overall"]:
-        out.append("<h3>Overall ranking</h3><p class='small'>Mean rank of top-1 over every table × ratio "
-                   "column with at least two criteria (1 = best).</p>")
+        out.append("<h3 id='overall'>Overall ranking (mean normalised rank of top-1 over every table × ratio "
+                   f"column)</h3><p class='small'>{esc(formats.OVERALL_NOTE)}</p>")
         out.append(_table_html(*formats.overall_rows(board), cls="overall"))
     failures = [r for r in board["runs"] if r["state"] == "failed"]
     if failures:

@@ -15,17 +15,26 @@ A cell that raises (out of memory, a missing build, a bad option...) gets an ``e
 under ``torchrun --standalone`` (``python -m benchmark.cellmain``) and a non-zero exit is
 recorded the same way.
 
-``RESULTS/experiment.json`` records the config (name, description, reference tables, source
-and its parsed content) for the leaderboard.
+One results folder may hold several configs (cells are identified by the hash of their resolved
+configuration, so cells that two configs share are computed once): ``RESULTS/experiments/<name>.json``
+records each config (:func:`write_experiment`: name, description, reference tables, source and the
+ids of every cell of its grid), and the leaderboard shows one config's cells
+(:func:`select_experiment`).  A single-record ``RESULTS/experiment.json`` written by earlier versions
+is still read as one record (all the folder's cells); the next ``run`` of any config moves it into
+``experiments/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +47,8 @@ from .grid import Cell, expand_grid, partition
 from .results import BENCH_FILE, CELL_FILE, ERROR_FILE, cell_state, write_json
 
 log = logging.getLogger(__name__)
-EXPERIMENT_FILE = "experiment.json"
+EXPERIMENT_FILE = "experiment.json"  # the single record of earlier versions (read, then migrated)
+EXPERIMENTS_DIR = "experiments"  # RESULTS/experiments/<name>.json: one record per config
 
 
 def code_version() -> str:
@@ -60,32 +70,122 @@ def code_version() -> str:
     return f"{__version__}+g{commit[:10]}" + (".dirty" if dirty else "")
 
 
-def read_experiment(out: str | Path) -> dict:
-    """``out/experiment.json`` (the config a results folder belongs to), ``{}`` when there is none."""
-    path = Path(out) / EXPERIMENT_FILE
-    if not path.is_file():
-        return {}
+def _load_record(path: Path) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         doc = None
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
         raise ValueError(f"{path} is not a readable experiment record; remove it or use another --out")
     return doc
 
 
+def record_path(out: str | Path, name: str) -> Path:
+    """``out/experiments/<name>.json``; a name that is not a plain file name (``/``, spaces...) gets its
+    other characters replaced by ``_`` and 8 hex digits of its sha256 appended, so names never collide."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name or safe.startswith("."):
+        safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return Path(out) / EXPERIMENTS_DIR / f"{safe}.json"
+
+
+def read_experiments(out: str | Path) -> dict[str, dict]:
+    """Every config recorded in the results folder ``out``: ``{name: record}`` (empty when none).  A record
+    is ``name``, ``description``, ``reference``, ``source``, ``cells`` (count) and ``cell_ids`` (the ids of
+    its grid); a legacy ``out/experiment.json`` (single record, no ``cell_ids``: the folder held that config
+    only) is one record, unless ``experiments/`` has that name too."""
+    out = Path(out)
+    records: dict[str, dict] = {}
+    folder = out / EXPERIMENTS_DIR
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            rec = _load_record(path)
+            records[rec["name"]] = rec
+    legacy = out / EXPERIMENT_FILE
+    if legacy.is_file():
+        rec = _load_record(legacy)
+        records.setdefault(rec["name"], rec)
+    return records
+
+
+def select_experiment(out: str | Path, name: str | None = None) -> dict:
+    """The record the leaderboard of ``out`` is for: config ``name``; with no name, the only record
+    (``{}`` when the folder has none: then every cell is shown).  Several records and no name, or a name
+    that is not recorded, raise ValueError listing the recorded names."""
+    records = read_experiments(out)
+    names = ", ".join(sorted(records)) or "none"
+    if name is not None:
+        if name not in records:
+            raise ValueError(f"{out} has no record of config {name!r} (recorded: {names}); "
+                             f"`imagenet52p-bench run {name} --out {out}` records it")
+        return records[name]
+    if len(records) > 1:
+        raise ValueError(f"{out} holds the cells of {len(records)} configs ({names}); pass --config NAME to "
+                         f"choose whose leaderboard to show (each has its own title, grid and reference tables)")
+    return next(iter(records.values()), {})
+
+
+def read_experiment(out: str | Path, name: str | None = None) -> dict:
+    """The record of config ``name`` in the results folder ``out`` (:func:`select_experiment`)."""
+    return select_experiment(out, name)
+
+
+@contextlib.contextmanager
+def _records_lock(out: Path):
+    """Exclusive ``flock`` on ``out/experiments/.lock``: concurrent array tasks (of one config or several)
+    read-check-write the records one at a time."""
+    folder = out / EXPERIMENTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _migrate_legacy(out: Path, name: str) -> None:
+    """Move a single-record ``experiment.json`` of earlier versions into ``experiments/``.  That folder held
+    its config only (earlier versions refused a second one), so the record's cells are the run directories
+    there now; the record of ``name`` itself is rewritten by the caller from its grid."""
+    legacy = out / EXPERIMENT_FILE
+    if not legacy.is_file():
+        return
+    rec = _load_record(legacy)
+    if rec["name"] != name and not record_path(out, rec["name"]).is_file():
+        ids = sorted(p.parent.name for p in out.glob(f"*/{CELL_FILE}"))
+        write_json(record_path(out, rec["name"]), {**rec, "cells": len(ids), "cell_ids": ids,
+                                                   "migrated_from": EXPERIMENT_FILE})
+    legacy.unlink()
+
+
 def write_experiment(cfg: ExperimentConfig, out: Path) -> None:
-    """Record the config in ``out/experiment.json``; refuse a folder that holds another config's results
-    (their experiment record, and so the leaderboard's title and reference tables, would be lost)."""
-    path = out / EXPERIMENT_FILE
-    if path.is_file():
-        old = read_experiment(out).get("name")
-        if old != cfg.name:
-            raise ValueError(f"{out} holds the results of config {old!r} ({path}); config {cfg.name!r} would mix "
-                             f"its cells into them: give it its own --out (e.g. results/{cfg.name})")
+    """Record the config in ``out/experiments/<name>.json`` (name, description, reference tables, source,
+    the ids of its grid's cells), under a lock so that concurrent tasks never lose each other's records.
+    A folder may hold any number of configs; a record of the same name with a different grid is refused
+    (naming the file and the cells that differ): a name is cited as one table, whose leaderboard would
+    mix both grids."""
+    out = Path(out)
+    ids = sorted(c.id for c in expand_grid(cfg))
     doc = {"name": cfg.name, "description": cfg.description, "reference": list(cfg.reference),
-           "source": cfg.source, "cells": len(expand_grid(cfg))}
-    write_json(out / EXPERIMENT_FILE, doc)
+           "source": cfg.source, "cells": len(ids), "cell_ids": ids}
+    path = record_path(out, cfg.name)
+    with _records_lock(out):
+        if path.is_file():
+            old = _load_record(path)
+            old_ids = old.get("cell_ids")
+            if old["name"] == cfg.name and old_ids is not None and sorted(old_ids) != ids:
+                gone, new = sorted(set(old_ids) - set(ids)), sorted(set(ids) - set(old_ids))
+                eg_gone = f" (e.g. {gone[0]})" if gone else ""
+                eg_new = f" (e.g. {new[0]})" if new else ""
+                raise ValueError(
+                    f"{path} records config {cfg.name!r} with another grid: {len(gone)} of its {len(old_ids)} "
+                    f"cells are not in {cfg.source}{eg_gone} and {len(new)} of the {len(ids)} cells of "
+                    f"{cfg.source} are not in it{eg_new}. One name is one grid per results folder: rename the "
+                    f"config, use another --out, or delete {path} if the recorded grid is obsolete (finished "
+                    f"cells stay and are reused where ids match)")
+        _migrate_legacy(out, cfg.name)
+        write_json(path, doc)
 
 
 def _provenance(cfg: ExperimentConfig, cell: Cell, env: CellEnv, version: str) -> dict:

@@ -262,23 +262,48 @@ def test_cli_bad_input_gets_a_clear_message(args, match):
     assert pytest.importorskip("re").search(match, res.output), res.output
 
 
-def test_a_results_folder_of_another_config_is_refused(tmp_path):
-    """Running a second config into a folder that holds another config's results would overwrite its
-    experiment record (and mix the cells): refused before anything runs, naming both configs."""
+def test_a_results_folder_takes_a_second_config_and_keeps_both_records(tmp_path):
+    """Configs share cells (identified by the hash of their resolved configuration), so a second config may
+    run into a folder that holds another's results: each keeps its record (an old single-record
+    experiment.json included) and the leaderboard asks which one to show."""
+    import json
+
+    from benchmark.runner import read_experiments, select_experiment, write_experiment
+    out = tmp_path / "results"
+    out.mkdir()
+    record = {"name": "table1_vgg16", "description": "x", "reference": ["table1"], "source": "s", "cells": 3}
+    (out / "experiment.json").write_text(json.dumps(record))
+    write_experiment(load_config("demo"), out)
+    records = read_experiments(out)
+    assert set(records) == {"table1_vgg16", "demo"}
+    assert records["table1_vgg16"]["description"] == "x" and records["table1_vgg16"]["cell_ids"] == []
+    assert records["demo"]["cell_ids"] == sorted(c.id for c in expand_grid(load_config("demo")))
+    with pytest.raises(ValueError, match="demo, table1_vgg16.*--config"):
+        select_experiment(out)
+
+
+def test_a_config_name_recorded_with_another_grid_is_refused(tmp_path):
+    """The same name with a different grid would make one cited table out of two grids: refused before anything
+    runs, naming the record's file and how the grids differ."""
     import json
 
     from click.testing import CliRunner
 
     from benchmark.cli import main
     out = tmp_path / "results"
-    out.mkdir()
-    record = {"name": "table1_vgg16", "description": "x", "reference": ["table1"], "source": "s", "cells": 3}
-    (out / "experiment.json").write_text(json.dumps(record))
+    (out / "experiments").mkdir(parents=True)
+    ids = sorted(c.id for c in expand_grid(load_config("demo")))
+    record = {"name": "demo", "description": "x", "reference": [], "source": "old.toml", "cells": len(ids) - 1,
+              "cell_ids": ids[1:] + ["tinyvgg-full-prune-l1-r90-s0-00000000"]}
+    (out / "experiments" / "demo.json").write_text(json.dumps(record))
     res = CliRunner().invoke(main, ["run", "demo", "--out", str(out), "--device", "cpu", "--no-progress"])
     assert res.exit_code == 2, res.output
-    assert "'table1_vgg16'" in res.output and "'demo'" in res.output and "--out" in res.output
-    assert json.loads((out / "experiment.json").read_text()) == record  # untouched
-    assert sorted(p.name for p in out.iterdir()) == ["experiment.json"]  # no cell was started
+    msg = " ".join(res.output.split())
+    assert str(out / "experiments" / "demo.json") in msg and "another grid" in msg, msg
+    assert f"1 of its {len(ids)} cells are not in benchmark/configs/demo.toml" in msg, msg
+    assert f"1 of the {len(ids)} cells of benchmark/configs/demo.toml are not in it (e.g. {ids[0]})" in msg, msg
+    assert json.loads((out / "experiments" / "demo.json").read_text()) == record  # untouched
+    assert sorted(p.name for p in out.iterdir()) == ["experiments"]  # no cell was started
 
 
 def test_baseline_without_finetuning_has_q_zero():

@@ -87,6 +87,23 @@ def make_builds(root: Path) -> Path:
     return data
 
 
+def run_doc(root: Path, doc: dict, source: str):
+    """Builds from :func:`make_builds` under ``root`` and every cell of the config ``doc`` run in-process on
+    CPU (one thread): ``(config, results folder, state counts, data root)``."""
+    import torch
+
+    from benchmark.config import parse_config
+    from benchmark.execute import CellEnv
+    from benchmark.runner import run_grid
+
+    torch.set_num_threads(1)
+    data = make_builds(root)
+    cfg = parse_config(doc, source)
+    results = root / "results"
+    counts = run_grid(cfg, CellEnv(results_dir=str(results), data_root=str(data), device="cpu"))
+    return cfg, results, counts, data
+
+
 def run_cli(args, **kw):
     return subprocess.run(BENCH + args, capture_output=True, text=True, **kw)
 
@@ -191,11 +208,18 @@ def test_leaderboard_numbers_equal_the_run_summaries(setup):
     better = max(full["entries"], key=lambda e: e["top1"])["criterion"]
     full_by_crit = {e["criterion"]: e for e in full["entries"]}
     if full["entries"][0]["top1"] != full["entries"][1]["top1"]:
-        assert ranks[better]["mean_rank"] == 1.0 and ranks[better]["wins"] == 1
+        assert ranks[better]["norm_rank"] == 0.0 and ranks[better]["wins"] == 1
     for e in full["entries"]:  # one column: the ranking's means are that column's entries
         o = ranks[e["criterion"]]
         assert o["columns"] == 1 and o["mean_top1"] == e["top1"] and o["mean_damage"] == e["damage"]
-        assert o["vs_random"] == pytest.approx(e["top1"] - full_by_crit["random"]["top1"], abs=1e-12)
+    # seeds 0 and 1 of l1 and random pair up: the paired mean difference is the difference of the means
+    l1, rnd = full_by_crit["l1"], full_by_crit["random"]
+    assert ranks["l1"]["vs_random"] == pytest.approx(l1["top1"] - rnd["top1"], abs=1e-12)
+    assert ranks["l1"]["vs_random_n"] == 2 and ranks["l1"]["vs_random_unpaired"] == 0
+    top1 = {(r["criterion"], r["seed"]): r["top1"] for r in b["runs"] if r["class_set"] == "full" and r["ratio"]}
+    d = [top1["l1", s] - top1["random", s] for s in (0, 1)]
+    assert ranks["l1"]["vs_random_std"] == pytest.approx(statistics.stdev(d), abs=1e-12)
+    assert ranks["random"]["vs_random"] is None  # the reference itself
 
 
 def test_formats_agree(setup):
