@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -106,18 +107,39 @@ def test_finetuning_recovers_after_damage(tmp_path, data, trained_state):
     assert max(curve) > damaged + 0.2, curve
     assert all(0 <= r["val"]["top1"] <= r["val"]["top5"] <= 1 for r in s["final"]["epochs"])
     assert s["final"]["val"]["top1"] == max(curve)  # model selection on val
-    assert s["final"]["epochs_to_peak"] in (1.0, 2.0, 3.0)
+    assert s["final"]["epochs_to_peak"] is None  # the default final schedule (cosine) anneals: not measured
     assert len(events(tmp_path / "run", "epoch")) == 3
 
 
 def test_per_layer_finetuning_recovers(data, trained_state):
-    s = prune_finetune(trained(trained_state), "random", 0.75, ["features.4", "features.0"], data[0], data[1],
-                       p=1, q=0, lr=0.05, batch_size=16, options=QUIET)
-    for st in s["steps"]:
-        assert st["finetune_images"] == NUM_CLASSES * PER_CLASS
-        assert st["recovered"] == pytest.approx(st["acc_recovery"]["top1"] - st["acc_damage"]["top1"])
-    assert sum(st["recovered"] for st in s["steps"]) > 0.1, s["steps"]
-    assert s["steps"][1]["acc_before"] == s["steps"][0]["acc_recovery"]
+    """One epoch of fine-tuning after each layer step (p=1) recovers accuracy that pruning took.
+
+    A learning outcome, so it must hold on any CPU and thread count, not for one seed's floating-point
+    trajectory: 75% random pruning of the two last convs does certain, large damage (measured on the
+    no-fine-tuning control: the same pruning with p=0; random scores ignore the weights, so both remove
+    the same filters), and the outcome is averaged over three seeds, asserted on the mean and on a
+    majority. Over threads 1/2 and data/model/loop seeds 0..7 the three-seed means were >= 0.35 (gain
+    over the control; mean 0.48, sd 0.09), >= 0.31 (summed per-step recovery; 0.49, sd 0.11) and
+    >= 0.41 (damage; 0.52, sd 0.08): every threshold is >= 3.5 sd below the mean."""
+    layers, kw = ["features.12", "features.8"], dict(q=0, lr=0.02, batch_size=16, options=QUIET)
+    damage, gain, recovered = [], [], []
+    for seed in (0, 1, 2):
+        s = prune_finetune(trained(trained_state), "random", 0.75, layers, data[0], data[1], p=1, seed=seed, **kw)
+        control = prune_finetune(trained(trained_state), "random", 0.75, layers, data[0], data[1], p=0, seed=seed,
+                                 **kw)
+        assert s["plan"] == control["plan"] and len(s["steps"]) == 2
+        for st in s["steps"]:
+            assert st["finetune_images"] == NUM_CLASSES * PER_CLASS
+            assert st["recovered"] == pytest.approx(st["acc_recovery"]["top1"] - st["acc_damage"]["top1"])
+        assert s["steps"][1]["acc_before"] == s["steps"][0]["acc_recovery"]
+        assert [st["finetune_images"] for st in control["steps"]] == [0, 0]
+        damaged = control["after_steps"]["val"]["top1"]
+        damage.append(s["baseline"]["val"]["top1"] - damaged)
+        gain.append(s["after_steps"]["val"]["top1"] - damaged)
+        recovered.append(sum(st["recovered"] for st in s["steps"]))
+    assert statistics.mean(damage) > 0.2, damage
+    assert statistics.mean(gain) > 0.1 and sum(g > 0 for g in gain) >= 2, gain
+    assert statistics.mean(recovered) > 0.1 and sum(r > 0 for r in recovered) >= 2, recovered
 
 
 def test_fractional_epochs_and_data_fraction_count_images(data, trained_state):
