@@ -50,9 +50,9 @@ class Spec:
     sha256: str
 
 
-def _read_spec(name: str, text: str | None, kind: str) -> dict:
-    """The TOML of spec ``name`` (package data ``_info/<name>.toml`` unless ``text`` is given), checked to be
-    for WordNet 3.0."""
+def _read_spec(name: str, text: str | None, kind: str) -> tuple[dict, str]:
+    """``(parsed TOML, text)`` of spec ``name`` (package data ``_info/<name>.toml`` unless ``text`` is given),
+    checked to be for WordNet 3.0."""
     if text is None:
         try:
             text = resources.files("imagenet52p").joinpath("_info", f"{name}.toml").read_text(encoding="utf-8")
@@ -62,11 +62,11 @@ def _read_spec(name: str, text: str | None, kind: str) -> dict:
     if data.get("wordnet") != "3.0":
         raise SpecError(f"spec {data.get('name', name)}: wordnet must be \"3.0\" (ImageNet wnids are WordNet 3.0 "
                         "offsets)")
-    return data
+    return data, text
 
 
 def load_spec(name: str = "imagenet52p-v1", text: str | None = None) -> Spec:
-    data = _read_spec(name, text, "class")
+    data, text = _read_spec(name, text, "class")
     if data.get("fallback", "none") not in ("none", "shallowest"):
         raise SpecError(f"spec {name}: fallback must be 'none' or 'shallowest', found {data['fallback']!r}")
     voc = [VocEntry(v["name"], list(v["anchors"]), list(v.get("exclude", [])), list(v.get("include", [])))
@@ -200,7 +200,7 @@ def _voc_list(where: str, value) -> tuple[str, ...]:
 
 def load_control_spec(name: str = RANDOM52_SPEC, text: str | None = None) -> ControlSpec:
     """Read and check a control spec; its ``anchor`` families must be exactly the subset spec's anchors."""
-    data = _read_spec(name, text, "control")
+    data, text = _read_spec(name, text, "control")
     sname = data.get("name", name)
     families, seen = [], set()
     for f in data.get("family", []):
