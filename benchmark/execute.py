@@ -6,7 +6,7 @@ What a cell runs, by kind (``benchmark.config.KINDS``):
 * ``prune``: the starting model (see below), classifier adapted to the class set, then
   ``run_loop`` with the cell's LoopConfig (ratio 0 = the unpruned baseline).
 * ``scratch``: the pruned architecture: a random-init model whose target layers (``layers``) keep
-  the first ``round((1 - ratio) * n)`` filters (``pruning.select_filters``, so the widths equal
+  the first ``n - floor(ratio * n)`` filters (``pruning.select_filters``, so the widths equal
   Algorithm 1's at that ratio), re-initialised (seeded), trained by ``run_loop`` with ratio 0 for
   ``q`` epochs.
 * ``reduced``: a uniformly thinner network with the **same parameter count as the pruned
@@ -198,7 +198,24 @@ def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> StartModel:
     return StartModel(base, model, LabelMap(idx), idx)
 
 
-def _scoring(cfg: ExperimentConfig, cell: Cell, env: CellEnv, start: StartModel, lc):
+def _check_classifier_input_kept(model, cell: Cell, lc, example) -> None:
+    """The full classifier is swapped in for scoring at every layer step, so pruning must leave the final
+    linear layer's inputs alone (true of the paper's protocols); checked before the run, not hours into it."""
+    import copy
+
+    from pruning.loop.models import find_classifier
+
+    pruned = _first_filters(copy.deepcopy(model), _target_names(model, lc.layers), lc.ratio, lc, example)
+    name, before = find_classifier(model)
+    after = find_classifier(pruned)[1]
+    if after.in_features != before.in_features:
+        raise ValueError(f"cell {cell.id}: pruning {lc.layers!r} shrinks the inputs of the classifier {name!r} "
+                         f"({before.in_features} -> {after.in_features}), so the scoring loss cannot use the full "
+                         "classifier (score_head = \"full\"): set score_head = \"cell\", or prune layers that "
+                         "keep it (e.g. protocol resnet50-16 instead of all)")
+
+
+def _scoring(cfg: ExperimentConfig, cell: Cell, env: CellEnv, start: StartModel, lc, example):
     """``(score loader, FullHead or None, score_classes or None)`` for ``cell.score_data`` /
     ``cell.score_head`` (:func:`benchmark.grid.resolve_scoring`): the train split (eval transform, batches
     of the global ``batch_size``) of the full build or of the cell's build, with labels in the label space
@@ -209,6 +226,8 @@ def _scoring(cfg: ExperimentConfig, cell: Cell, env: CellEnv, start: StartModel,
     if cell.score_data is None:
         return None, None, None
     full_head = start.full_head if cell.score_head == "full" else None
+    if full_head is not None:
+        _check_classifier_input_kept(start.model, cell, lc, example)
     if cell.score_data == "full" and cell.class_set != "full":
         # the full build's labels are the full classifier's (the model's own with head="full")
         build, target = cfg.build_path("full", env.data_root, env.data), None
@@ -218,7 +237,16 @@ def _scoring(cfg: ExperimentConfig, cell: Cell, env: CellEnv, start: StartModel,
         target = LabelMap(start.full_rows) if (full_head is not None or start.target_map is not None) else None
         subset_labels = target.table if target is not None else list(range(len(_classes(build))))
     loader = open_split(cfg, build, "train", "score", lc.batch_size, lc.seed, env, target)
-    wants_classes = pruning.get_criterion(lc.criterion).requires_classes and lc.effective_score_classes is None
+    chosen = lc.effective_score_classes  # labels of the cell's build (score_classes, else classes)
+    if chosen is not None:
+        full_space = cell.score_data == "full" and cell.class_set != "full" or target is not None
+        if not full_space:
+            return loader, full_head, None  # the engine's own score_classes/classes, in this space already
+        if start.full_rows is None or max(chosen) >= len(start.full_rows):
+            raise ValueError(f"cell {cell.id}: score_classes/classes {list(chosen)} are not labels of the "
+                             f"{cell.class_set!r} build")
+        return loader, full_head, [int(start.full_rows[c]) for c in chosen]  # into the scoring classifier's
+    wants_classes = pruning.get_criterion(lc.criterion).requires_classes
     return loader, full_head, (list(subset_labels) if wants_classes else None)
 
 
@@ -235,7 +263,7 @@ def prepare_cell(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> None:
 
 
 def _first_filters(model, names, ratio: float, lc, example):
-    """Keep the first ``round((1 - ratio) n)`` filters of each conv in ``names`` (Algorithm 1's widths at
+    """Keep the first ``n - floor(ratio n)`` filters of each conv in ``names`` (Algorithm 1's widths at
     ``ratio``, via ``pruning.select_filters``), in place."""
     import pruning
 
@@ -340,7 +368,7 @@ def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: Ce
     example = torch.zeros(1, 3, size, size)
     score, score_head = None, None
     if cell.kind == "prune" and lc.ratio > 0:
-        score, score_head, score_classes = _scoring(cfg, cell, env, start, lc)
+        score, score_head, score_classes = _scoring(cfg, cell, env, start, lc, example)
         if score_classes is not None:
             lc = LoopConfig.from_dict({**lc.to_dict(), "score_classes": score_classes})
     extra = {}

@@ -162,13 +162,13 @@ def resolve_scoring(cfg: ExperimentConfig, cell: dict, loop: LoopConfig) -> tupl
                              "this model knows only the cell's classes: use score_data = \"subset\"")
     if crit.needs == "activations":
         return data, None
-    if cell["class_set"] == "full" or cell["head"] == "full":
-        head = "full"  # the cell's own classifier is the full one
-    elif cell["init"] == "scratch":
+    if cell["init"] == "scratch" and cell["class_set"] != "full":
         if head == "full":
             raise ValueError(f"{where}: score_head = \"full\" needs a starting model with a full classifier; "
                              "a model trained from scratch on the cell's classes has only its own: use \"cell\"")
         head = "cell"
+    elif cell["class_set"] == "full" or cell["head"] == "full":
+        head = "full"  # the cell's own classifier is the full one
     else:
         head = head or "full"
     if data == "full" and head == "cell":

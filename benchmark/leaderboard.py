@@ -2,7 +2,9 @@
 
 A **table** is every cell sharing model, class set, kind, init, head and loop options
 except ``criterion``, ``ratio`` and ``seed``; its rows are criteria, its columns pruning
-ratios.  The unpruned baseline (ratio 0) of a table is the baseline cell whose options,
+ratios.  A criterion run with more than one scoring setting in a table (``score_data`` /
+``score_head``, e.g. ``sensitivity`` on the full data and on the subset's) gets one row per
+setting, named ``criterion [score_data/score_head]``; its runs are never averaged together.  The unpruned baseline (ratio 0) of a table is the baseline cell whose options,
 ignoring the pruning-only ones, equal the table's (ignoring ``q`` too when the baseline was
 evaluated without fine-tuning).
 
@@ -98,12 +100,21 @@ def aggregate(rows: list[dict], loops: dict[str, dict]) -> dict:
     (``loops[id]``).  Returns ``{"tables": [...], "overall": [...], "runs": rows}`` (JSON-ready)."""
     by_table: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[str, list[dict]] = defaultdict(list)
+    pruned = []
+    scorings: dict[tuple, set] = defaultdict(set)  # (table, criterion) -> its (score_data, score_head) settings
     for r in rows:
         loop = loops.get(r["id"], {})
         if r["kind"] == "prune" and (r["ratio"] or 0) == 0:
             baselines[_table_key(r, loop, True)].append(r)
         else:
-            by_table[_table_key(r, loop, False)][(r["criterion"], float(r["ratio"]))].append(r)
+            key = _table_key(r, loop, False)
+            pruned.append((key, r))
+            scorings[(key, r["criterion"])].add((r.get("score_data"), r.get("score_head")))
+    for key, r in pruned:
+        # a criterion run with several scoring settings in one table gets one row per setting
+        name = r["criterion"] if len(scorings[(key, r["criterion"])]) < 2 else \
+            f"{r['criterion']} [{r.get('score_data') or '-'}/{r.get('score_head') or '-'}]"
+        by_table[key][(name, float(r["ratio"]))].append(r)
     keys = sorted(by_table)
     varying = set()
     for field in ("init", "head"):

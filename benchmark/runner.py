@@ -188,15 +188,46 @@ def write_experiment(cfg: ExperimentConfig, out: Path) -> None:
         write_json(path, doc)
 
 
-def _provenance(cfg: ExperimentConfig, cell: Cell, env: CellEnv, version: str) -> dict:
-    doc = cell.to_dict()
-    doc.update({"code_version": version, "device": env.device or "auto", "class_sha256": None,
-                "class_set_name": None, "experiment": cfg.name})
+def _build_classes(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> dict:
+    """``{"class_sha256", "class_set_name", "full_class_sha256"}`` of the builds the cell reads now: its own
+    and, for a subset cell, the ``full`` build (starting model, scoring data); None where not readable."""
+    doc = {"class_sha256": None, "class_set_name": None, "full_class_sha256": None}
     try:
         cs = _classes(cfg.build_path(cell.class_set, env.data_root, env.data))
         doc["class_sha256"], doc["class_set_name"] = cs.sha256, cs.name
+        if cell.class_set != "full" and "full" in cfg.data:
+            doc["full_class_sha256"] = _classes(cfg.build_path("full", env.data_root, env.data)).sha256
     except (FileNotFoundError, ValueError):
         pass  # the run itself will fail with the full message
+    return doc
+
+
+def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEnv) -> None:
+    """Refuse to reuse (skip or resume) a cell computed on other class lists than the builds now hold: a cell's
+    id names its class sets, not their contents, so a results folder shared by configs whose ``[data]``
+    point at different builds (a ``random52`` v1 and a v2 build, say) would otherwise mix them silently."""
+    out = Path(env.results_dir)
+    for cell in cells:
+        path = out / cell.id / CELL_FILE
+        if cell_state(out / cell.id) not in ("done", "partial") or not path.is_file():
+            continue
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        now = _build_classes(cfg, cell, env)
+        for key in ("class_sha256", "full_class_sha256"):
+            if old.get(key) and now[key] and old[key] != now[key]:
+                which = cell.class_set if key == "class_sha256" else "full"
+                raise ValueError(f"{out / cell.id} was computed on another class list for {which!r} (sha256 "
+                                 f"{old[key][:12]}) than the build {cfg.build_path(which, env.data_root, env.data)} "
+                                 f"now holds ({now[key][:12]}); use another --out for these builds")
+
+
+def _provenance(cfg: ExperimentConfig, cell: Cell, env: CellEnv, version: str) -> dict:
+    doc = cell.to_dict()
+    doc.update({"code_version": version, "device": env.device or "auto", "experiment": cfg.name,
+                **_build_classes(cfg, cell, env)})
     return doc
 
 
@@ -263,8 +294,14 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
 
     out = Path(env.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_experiment(cfg, out)
     cells = partition(expand_grid(cfg), task_index, num_tasks)
+    check_builds_unchanged(cfg, cells, env)
+    for cell in cells if nproc_per_node > 1 else ():
+        try:  # a global batch that does not split over the GPUs: refused before any work (pretraining included)
+            cell.loop_config.micro_batch(nproc_per_node)
+        except ValueError as e:
+            raise ValueError(f"{cfg.source}: cell {cell.id} with --nproc-per-node {nproc_per_node}: {e}") from None
+    write_experiment(cfg, out)
     version = code_version()
     counts = {"done": 0, "failed": 0, "partial": 0, "pending": 0}
     log.info("task %d/%d: %d cells of %s -> %s", task_index, num_tasks, len(cells), cfg.name, out)

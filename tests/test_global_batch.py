@@ -136,3 +136,16 @@ def test_a_global_batch_that_does_not_divide_is_refused():
     assert cfg.micro_batch(1) == 6 and cfg.micro_batch(3) == 2
     with pytest.raises(ValueError, match="batch_size=12 is the global batch .* accum_steps x world size = 2 x 4 = 8"):
         cfg.micro_batch(4)
+
+
+def test_collectives_wait_for_rank_0_scoring(monkeypatch):
+    """Only rank 0 scores; the others wait in a broadcast, so the process group's timeout must outlast a
+    whole-training-split scoring pass (torch's NCCL default, 10 minutes, does not)."""
+    from pruning.loop.run import DIST_TIMEOUT_MIN, dist_timeout
+    monkeypatch.delenv("IMAGENET52P_DIST_TIMEOUT_MIN", raising=False)
+    assert dist_timeout().total_seconds() == DIST_TIMEOUT_MIN * 60 >= 6 * 3600
+    monkeypatch.setenv("IMAGENET52P_DIST_TIMEOUT_MIN", "90")
+    assert dist_timeout().total_seconds() == 5400
+    monkeypatch.setenv("IMAGENET52P_DIST_TIMEOUT_MIN", "soon")
+    with pytest.raises(ValueError, match="IMAGENET52P_DIST_TIMEOUT_MIN='soon' must be a positive number"):
+        dist_timeout()

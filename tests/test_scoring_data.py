@@ -116,3 +116,61 @@ def test_full_head_scores_like_the_unrestricted_model():
     with pytest.raises(ValueError, match="4 outputs and 64 inputs"):
         with FullHead.of(make_model("tinyvgg", 10), [0, 1, 2, 3]).applied(small):
             pass
+
+
+def test_two_scoring_settings_of_one_criterion_are_two_rows_never_averaged(done):
+    cfg, results, _, _ = done
+    cells = _cells(cfg)
+    board = build_leaderboard(results)
+    (table,) = board["tables"]
+    rows = {e["criterion"]: e for e in table["entries"]}
+    assert set(rows) == {"sensitivity [full/full]", "sensitivity [subset/cell]", "class_specific",
+                         "mean_activation"}
+    for setting, cell in (("full/full", cells[("sensitivity", "full", "full")]),
+                          ("subset/cell", cells[("sensitivity", "subset", "cell")])):
+        e = rows[f"sensitivity [{setting}]"]
+        assert e["ids"] == [cell.id] and e["n"] == 1
+        assert e["top1"] == _summary(results, cell)["test"]["top1"]
+
+
+def test_a_folder_computed_on_other_class_lists_is_not_reused(done, tmp_path):
+    """A cell's id names its class sets, not their contents: a results folder whose cells record another
+    class list than the builds now hold is refused before anything runs, naming the folder and the build."""
+    import shutil
+
+    from benchmark.execute import CellEnv
+    from benchmark.runner import run_grid
+    cfg, results, _, data = done
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    cell = _cells(cfg)[("class_specific", "subset", "full")]
+    doc = json.loads((copy / cell.id / "cell.json").read_text())
+    assert doc["full_class_sha256"] and doc["class_sha256"]
+    doc["full_class_sha256"] = "0" * 64  # as if computed when [data] full was another build
+    (copy / cell.id / "cell.json").write_text(json.dumps(doc))
+    summary = (copy / cell.id / "summary.json").read_bytes()
+    with pytest.raises(ValueError, match=f"{cell.id} was computed on another class list for 'full'"):
+        run_grid(cfg, CellEnv(results_dir=str(copy), data_root=str(data), device="cpu"))
+    assert (copy / cell.id / "summary.json").read_bytes() == summary
+
+
+def test_a_global_batch_that_does_not_split_over_the_gpus_is_refused_before_any_work(done, tmp_path):
+    from benchmark.execute import CellEnv
+    from benchmark.runner import run_grid
+    cfg, _, _, data = done
+    out = tmp_path / "nothing"
+    with pytest.raises(ValueError, match=r"scoring.toml: cell .* with --nproc-per-node 3: batch_size=16 is the "
+                                         r"global batch"):
+        run_grid(cfg, CellEnv(results_dir=str(out), data_root=str(data), device="cpu"), nproc_per_node=3)
+    assert not out.exists() or not any(out.iterdir())  # nothing written: no record, no pretraining
+
+
+def test_a_layer_protocol_that_prunes_the_classifiers_inputs_is_refused_before_the_run():
+    from benchmark.execute import _check_classifier_input_kept
+    doc = {**DOC, "model": {"name": "resnet18", "weights": "pretrain"},
+           "grid": [{"criterion": ["sensitivity"], "ratio": [0.5], "class_set": "sub", "layers": ["all", "resnet50-16"]}]}
+    cells = {c.loop_config.layers: c for c in expand_grid(parse_config(doc, "r18.toml"))}
+    model, example = make_model("resnet18", 6, seed=0), torch.zeros(1, 3, 32, 32)
+    _check_classifier_input_kept(model, cells["resnet50-16"], cells["resnet50-16"].loop_config, example)
+    with pytest.raises(ValueError, match=r"pruning 'all' shrinks the inputs of the classifier 'fc' \(512 -> 256\)"):
+        _check_classifier_input_kept(model, cells["all"], cells["all"].loop_config, example)

@@ -13,6 +13,7 @@ from benchmark.estimate import n_layers
 from benchmark.execute import _first_filters, _num_params, match_reduced
 from benchmark.grid import expand_grid
 from pruning.loop import make_model
+from pruning.select import _num_keep
 
 
 def _cell(layers, ratio, model="tinyvgg"):
@@ -44,11 +45,12 @@ def test_reduced_network_matches_the_pruned_architectures_parameter_count(name, 
             other = _num_params(_first_filters(make_model(name, 10), every, r, cell.loop_config, example))
             assert abs(m["params_matched"] - target) <= abs(other - target), (r, other, m)
     assert abs(m["params_matched"] - target) / target < 0.05
-    # uniform: every prunable conv lost the same share (to rounding) of its filters
+    # uniform: every prunable conv keeps n - floor(r n) of its n filters (pruning.select_filters' rule), one r for all
     before = {n: mod.out_channels for n, mod in model.named_modules() if isinstance(mod, torch.nn.Conv2d)}
+    r = m["reduced_ratio"]
+    assert 0 < r < 1
     for n in pruning.prunable_layers(model, "all"):
-        assert reduced.get_submodule(n).out_channels == round((1 - m["reduced_ratio"]) * before[n]) or \
-            reduced.get_submodule(n).out_channels >= 1
+        assert reduced.get_submodule(n).out_channels == _num_keep(before[n], r, 1, 1), n
 
 
 def test_scratch_baselines_compares_on_the_same_data_with_the_same_budget():

@@ -153,7 +153,7 @@ class TrainStats:
     """Totals of one chunk of training, summed over ranks."""
 
     images: int = 0
-    optimizer_steps: int = 0
+    optimizer_steps: int = 0  # this rank's (DDP ranks step together; with Join, a rank out of data stops early)
     loss: float = float("nan")  # mean per-image training loss
     data_time: float = 0.0  # seconds, rank 0
     compute_time: float = 0.0  # seconds, rank 0
