@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
-import torch_pruning as tp
 from torch import nn
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,20 @@ def default_example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
     return torch.zeros(1, first.in_channels, size, size, device=param.device, dtype=param.dtype)
 
 
+def _tp():
+    """Torch-Pruning, imported on first use: it imports torchvision (and with it PIL), which ``import pruning``
+    must not pay for (tests/test_layering.py)."""
+    import torch_pruning
+
+    return torch_pruning
+
+
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model``, traced in eval mode (no BN statistics change)."""
     if not isinstance(example_input, torch.Tensor):
         raise ValueError(f"example_input must be a tensor batch (N, C, H, W); got {type(example_input).__name__}")
     with eval_mode(model), torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        return _tp().DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
 def _conv_members(graph: tp.DependencyGraph, group) -> List[Tuple[str, List[int]]]:
@@ -77,14 +87,14 @@ def _conv_members(graph: tp.DependencyGraph, group) -> List[Tuple[str, List[int]
 
 def coupled_convs(graph: tp.DependencyGraph, conv: nn.Conv2d) -> List[str]:
     """Names (module order) of the convs whose output filters are coupled to ``conv``'s, itself included."""
-    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, [0])
+    group = graph.get_pruning_group(conv, _tp().prune_conv_out_channels, [0])
     order = {name: i for i, name in enumerate(graph._module2name.values())}
     return sorted({name for name, _ in _conv_members(graph, group)}, key=order.__getitem__)
 
 
 def pruning_group(graph: tp.DependencyGraph, conv: nn.Conv2d, idxs: Sequence[int]):
     """The Torch-Pruning group that removes output filters ``idxs`` of ``conv`` (and everything coupled)."""
-    return graph.get_pruning_group(conv, tp.prune_conv_out_channels, list(idxs))
+    return graph.get_pruning_group(conv, _tp().prune_conv_out_channels, list(idxs))
 
 
 def coupling_classes(model: nn.Module, example_input: torch.Tensor | None = None) -> List[List[str]]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -71,6 +70,8 @@ def _tinyvgg(num_classes: int) -> nn.Module:
 
 def list_models() -> list[str]:
     """Our own registered names plus every torchvision classification model name."""
+    import torchvision  # on first use: it imports PIL, which `import pruning` must not
+
     return sorted(set(_FACTORIES) | set(torchvision.models.list_models(module=torchvision.models)))
 
 
@@ -87,6 +88,8 @@ def make_model(name: str, num_classes: int = 1000, weights: str | Path | None = 
     if name in _FACTORIES:
         model = _FACTORIES[name](num_classes)
     else:
+        import torchvision
+
         available = torchvision.models.list_models(module=torchvision.models)
         if name not in available:
             raise ValueError(f"no model {name!r}; available: {', '.join(list_models())}")

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import torch
 
-from imagenet52p.build.writer import file_sha256
-
 from .config import LoopConfig, RunOptions
 from .engine import run_loop
 from .loaders import open_data
@@ -108,6 +106,8 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     if resume and (out / "summary.json").is_file():
         log.info("%s is complete (summary.json); nothing to do", out)
         return json.loads((out / "summary.json").read_text())
+    from imagenet52p.build.writer import file_sha256  # this path opens a build (issue 12 moves it out)
+
     options = options or RunOptions()
     init_distributed(options.device)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

@@ -334,8 +334,12 @@ def finish(loop) -> dict:
 
 
 def _code_version() -> str:
-    from imagenet52p._version import __version__
-    return __version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the installed distribution's version (the library does not import the data package for it)
+        return version("imagenet52p")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _device_name(dev: torch.device) -> str:

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from imagenet52p.fake import FakeSpec, render_image
 
 
 def synthetic_wnids(num_classes: int) -> list[str]:
@@ -24,6 +23,8 @@ def synthetic_wnids(num_classes: int) -> list[str]:
 def synthetic_dataset(num_classes: int, per_class: int, split: str = "train", size: int = 32, seed: int = 0,
                       noise: float = 12.0) -> TensorDataset:
     """``per_class`` images of each of ``num_classes`` classes, ``(3, size, size)`` float32, label = class index."""
+    from imagenet52p.fake import FakeSpec, render_image  # the data floor's image generator, for tests and demos
+
     spec = FakeSpec(width=size, height=size, seed=seed, noise=noise)
     xs, ys = [], []
     for c, wnid in enumerate(synthetic_wnids(num_classes)):
