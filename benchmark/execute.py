@@ -192,7 +192,7 @@ def _start_model(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> StartModel:
     else:
         idx = list(sub.imagenet1k_indices)
     if cell.head == "restrict":
-        full_head = FullHead.of(model, idx)
+        full_head = FullHead.of(model, idx) if cell.score_head == "full" else None  # only what scoring uses
         restrict_classifier(model, idx)
         return StartModel(lambda: restrict_classifier(base(), idx), model, None, idx, full_head)
     return StartModel(base, model, LabelMap(idx), idx)
@@ -228,26 +228,28 @@ def _scoring(cfg: ExperimentConfig, cell: Cell, env: CellEnv, start: StartModel,
     full_head = start.full_head if cell.score_head == "full" else None
     if full_head is not None:
         _check_classifier_input_kept(start.model, cell, lc, example)
+    own = cfg.build_path(cell.class_set, env.data_root, env.data)
     if cell.score_data == "full" and cell.class_set != "full":
         # the full build's labels are the full classifier's (the model's own with head="full")
-        build, target = cfg.build_path("full", env.data_root, env.data), None
-        subset_labels = start.full_rows
+        build, target, full_space = cfg.build_path("full", env.data_root, env.data), None, True
     else:
-        build = cfg.build_path(cell.class_set, env.data_root, env.data)
         target = LabelMap(start.full_rows) if (full_head is not None or start.target_map is not None) else None
-        subset_labels = target.table if target is not None else list(range(len(_classes(build))))
+        build, full_space = own, target is not None
     loader = open_split(cfg, build, "train", "score", lc.batch_size, lc.seed, env, target)
-    chosen = lc.effective_score_classes  # labels of the cell's build (score_classes, else classes)
-    if chosen is not None:
-        full_space = cell.score_data == "full" and cell.class_set != "full" or target is not None
-        if not full_space:
-            return loader, full_head, None  # the engine's own score_classes/classes, in this space already
+    # score_classes (else classes) are labels of the cell's build; class_specific defaults to all of them
+    chosen = lc.effective_score_classes
+    if chosen is not None and not full_space:
+        return loader, full_head, None  # already in the scoring labels: the engine applies them as they are
+    if chosen is None and pruning.get_criterion(lc.criterion).requires_classes:
+        chosen = range(len(_classes(own)))
+    if chosen is None:
+        return loader, full_head, None
+    if full_space:  # the scoring labels are the full classifier's: the cell's labels map through full_rows
         if start.full_rows is None or max(chosen) >= len(start.full_rows):
             raise ValueError(f"cell {cell.id}: score_classes/classes {list(chosen)} are not labels of the "
                              f"{cell.class_set!r} build")
-        return loader, full_head, [int(start.full_rows[c]) for c in chosen]  # into the scoring classifier's
-    wants_classes = pruning.get_criterion(lc.criterion).requires_classes
-    return loader, full_head, (list(subset_labels) if wants_classes else None)
+        chosen = [start.full_rows[c] for c in chosen]
+    return loader, full_head, [int(c) for c in chosen]
 
 
 def prepare_cell(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> None:
@@ -262,35 +264,28 @@ def prepare_cell(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> None:
         _pretrain_weights(cfg, env, "full", int(cfg.model.get("num_classes") or len(full)))
 
 
-def _first_filters(model, names, ratio: float, lc, example):
-    """Keep the first ``n - floor(ratio n)`` filters of each conv in ``names`` (Algorithm 1's widths at
-    ``ratio``, via ``pruning.select_filters``), in place."""
+def _first_plan(model, names, ratio: float, lc) -> dict:
+    """``{conv: kept indices}`` keeping the first ``n - floor(ratio n)`` filters of each conv in ``names``
+    (Algorithm 1's widths at ``ratio``: ``pruning.select_filters`` on decreasing scores)."""
     import pruning
 
     convs = dict(model.named_modules())
     scores = {n: torch.arange(convs[n].out_channels, 0, -1, dtype=torch.float32) for n in names}
     plan = pruning.select_filters(scores, ratio, round_to=lc.round_to, min_keep=lc.min_keep)
-    pruning.apply_plan(model, {k: [int(i) for i in v] for k, v in dict(plan).items()}, example)
+    return {k: [int(i) for i in v] for k, v in dict(plan).items()}
+
+
+def _first_filters(model, names, ratio: float, lc, example):
+    """:func:`_first_plan` applied to ``model``, in place (returns it)."""
+    import pruning
+
+    pruning.apply_plan(model, _first_plan(model, names, ratio, lc), example)
     return model
-
-
-def _num_params(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def _target_names(model, layers) -> list:
     import pruning
     return pruning.prunable_layers(model, layers) if isinstance(layers, str) else list(layers)
-
-
-def _widths(model, names, ratio: float, lc) -> tuple:
-    """Filters each conv of ``names`` keeps at ``ratio`` (what :func:`_first_filters` leaves), without surgery."""
-    import pruning
-
-    convs = dict(model.named_modules())
-    scores = {n: torch.arange(convs[n].out_channels, 0, -1, dtype=torch.float32) for n in names}
-    plan = pruning.select_filters(scores, ratio, round_to=lc.round_to, min_keep=lc.min_keep)
-    return tuple(len(plan[n]) for n in names)
 
 
 def match_reduced(model, cell: Cell, example, iterations: int = 40) -> dict:
@@ -302,22 +297,27 @@ def match_reduced(model, cell: Cell, example, iterations: int = 40) -> dict:
     network is built (and its parameters counted) once per distinct set of widths the bisection visits."""
     import copy
 
+    from pruning import count_params
+
     lc = cell.loop_config
-    target = _num_params(_first_filters(copy.deepcopy(model), _target_names(model, lc.layers), lc.ratio, lc, example))
+    target = count_params(_first_filters(copy.deepcopy(model), _target_names(model, lc.layers), lc.ratio, lc, example))
     every = _target_names(model, "all")
     by_widths: dict[tuple, int] = {}
 
+    def widths(r: float) -> tuple:
+        return tuple(len(v) for v in _first_plan(model, every, r, lc).values())
+
     def params_at(r: float) -> int:
-        w = _widths(model, every, r, lc)
+        w = widths(r)
         if w not in by_widths:
-            by_widths[w] = _num_params(_first_filters(copy.deepcopy(model), every, r, lc, example))
+            by_widths[w] = count_params(_first_filters(copy.deepcopy(model), every, r, lc, example))
         return by_widths[w]
 
     lo, hi = 0.0, 0.999
     if params_at(hi) >= target:
         lo = hi
     for _ in range(iterations):
-        if lo == hi or params_at(lo) == target or _widths(model, every, lo, lc) == _widths(model, every, hi, lc):
+        if lo == hi or params_at(lo) == target or widths(lo) == widths(hi):
             break
         mid = (lo + hi) / 2
         if params_at(mid) > target:
@@ -378,7 +378,7 @@ def execute_cell(cfg: ExperimentConfig, cell: Cell, run_dir: str | Path, env: Ce
         if cell.kind == "reduced":
             extra.update(match_reduced(model, cell, example))
         model = _reduce(model, cell, example, extra.get("reduced_ratio"))
-        extra["params_arch"] = _num_params(model)
+        extra["params_arch"] = pruning.count_params(model)
         lc = LoopConfig.from_dict({**lc.to_dict(), "ratio": 0.0, "criterion": "none", "layers": "all"})
     summary = run_loop(model, lc, train, val, test, score, out_dir=run_dir, resume=True, options=_opts(env),
                        meta={"cell": cell.id, "cell_hash": cell.hash}, train_pass_images=train.dataset.num_samples,

@@ -10,7 +10,7 @@ Public API (see docs/pruning.md):
 - :func:`save_pruned` / :func:`load_pruned` -- JSON plan + state_dict
 - :func:`count_cost` / :func:`measure_latency` -- params, MACs, latency
 """
-from .cost import count_cost, measure_latency
+from .cost import count_cost, count_params, measure_latency
 from .layers import PROTOCOLS, prunable_layers, resolve_layers
 from .plan import load_pruned, read_plan, save_pruned
 from .registry import get_criterion, list_criteria, register
@@ -19,7 +19,7 @@ from .select import select_filters
 from .surgery import apply_plan, coupling_classes, current_plan
 
 __all__ = [
-    "PROTOCOLS", "Scores", "apply_plan", "count_cost", "coupling_classes", "current_plan", "get_criterion",
+    "PROTOCOLS", "Scores", "apply_plan", "count_cost", "count_params", "coupling_classes", "current_plan", "get_criterion",
     "list_criteria", "load_pruned", "measure_latency", "prunable_layers", "read_plan", "register",
     "resolve_layers", "save_pruned", "score_filters", "score_filters_multi", "select_filters",
 ]

@@ -37,6 +37,12 @@ def _input(model: nn.Module, input_size: Sequence[int], batch_size: int, device=
     return torch.zeros(batch_size, *size, device=device or param.device, dtype=dtype or param.dtype)
 
 
+def count_params(model: nn.Module) -> int:
+    """Parameter elements of ``model`` (BatchNorm included, buffers not): ``count_cost``'s ``params``, without
+    the forward pass."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 def count_cost(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> Dict[str, int]:
     """``{"params", "macs", "flops", "conv_macs", "linear_macs"}`` of one forward pass (module doc)."""
     x = _input(model, input_size, batch_size)
@@ -49,7 +55,7 @@ def count_cost(model: nn.Module, input_size: Sequence[int], batch_size: int = 1)
     conv = sum(v for k, v in by_op.items() if "convolution" in k)
     linear = sum(v for k, v in by_op.items() if k in ("aten.mm", "aten.addmm"))
     flops = int(counter.get_total_flops())
-    return {"params": sum(p.numel() for p in model.parameters()), "flops": flops, "macs": flops // 2,
+    return {"params": count_params(model), "flops": flops, "macs": flops // 2,
             "conv_macs": conv // 2, "linear_macs": linear // 2}
 
 

@@ -10,7 +10,7 @@ import torch
 import pruning
 from benchmark.config import load_config, parse_config
 from benchmark.estimate import n_layers
-from benchmark.execute import _first_filters, _num_params, match_reduced
+from benchmark.execute import _first_filters, match_reduced
 from benchmark.grid import expand_grid
 from pruning.loop import make_model
 from pruning.select import _num_keep
@@ -31,18 +31,18 @@ def test_reduced_network_matches_the_pruned_architectures_parameter_count(name, 
     example = torch.zeros(1, 3, size, size)
     cell = _cell(layers, ratio, name)
     m = match_reduced(model, cell, example)
-    target = _num_params(_first_filters(make_model(name, 10), pruning.prunable_layers(model, layers)
+    target = pruning.count_params(_first_filters(make_model(name, 10), pruning.prunable_layers(model, layers)
                                         if isinstance(layers, str) else layers, ratio, cell.loop_config, example))
     assert m["params_target"] == target
     reduced = _first_filters(make_model(name, 10), pruning.prunable_layers(model, "all"), m["reduced_ratio"],
                              cell.loop_config, example)
-    assert _num_params(reduced) == m["params_matched"]
+    assert pruning.count_params(reduced) == m["params_matched"]
     # the closest a uniform reduction gets: the next thinner and the next wider uniform network (one filter
     # less / more where the rounding allows) are not closer to the target
     every = pruning.prunable_layers(model, "all")
     for r in (m["reduced_ratio"] - 0.01, m["reduced_ratio"] + 0.01):
         if 0 <= r < 1:
-            other = _num_params(_first_filters(make_model(name, 10), every, r, cell.loop_config, example))
+            other = pruning.count_params(_first_filters(make_model(name, 10), every, r, cell.loop_config, example))
             assert abs(m["params_matched"] - target) <= abs(other - target), (r, other, m)
     assert abs(m["params_matched"] - target) / target < 0.05
     # uniform: every prunable conv keeps n - floor(r n) of its n filters (pruning.select_filters' rule), one r for all
