@@ -4,7 +4,8 @@ A **table** is every cell sharing model, class set, kind, init, head and loop op
 except ``criterion``, ``ratio`` and ``seed``; its rows are criteria, its columns pruning
 ratios.  A criterion run with more than one scoring setting in a table (``score_data`` /
 ``score_head``, e.g. ``sensitivity`` on the full data and on the subset's) gets one row per
-setting, named ``criterion [score_data/score_head]``; its runs are never averaged together.  The unpruned baseline (ratio 0) of a table is the baseline cell whose options,
+setting, named ``criterion [score_data/score_head]``; its runs are never averaged together.
+The unpruned baseline (ratio 0) of a table is the baseline cell whose options,
 ignoring the pruning-only ones, equal the table's (ignoring ``q`` too when the baseline was
 evaluated without fine-tuning).
 
@@ -241,8 +242,5 @@ def build_leaderboard(results_dir, cell_ids=None) -> dict:
     with ``cell_ids`` (a config's grid, :func:`benchmark.runner.read_experiments`), only those runs."""
     from .results import scan
 
-    rows = scan(results_dir)
-    if cell_ids is not None:
-        keep = set(cell_ids)
-        rows = [r for r in rows if r["id"] in keep]
+    rows = scan(results_dir, cell_ids)
     return aggregate(rows, {r["id"]: r.get("loop", {}) for r in rows})

@@ -164,10 +164,13 @@ def read_run(run_dir: str | Path) -> dict:
     return row
 
 
-def scan(results_dir: str | Path) -> list[dict]:
-    """Rows for every run directory (one holding ``cell.json``) under ``results_dir``, sorted by id."""
+def scan(results_dir: str | Path, cell_ids=None) -> list[dict]:
+    """Rows for every run directory (one holding ``cell.json``) under ``results_dir``, sorted by id; with
+    ``cell_ids``, only the run directories of those cells are read (a run directory is named by its id)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} not found; run `imagenet52p-bench run CONFIG --out {root}`")
-    rows = [read_run(p.parent) for p in sorted(root.glob(f"*/{CELL_FILE}"))]
+    keep = None if cell_ids is None else set(cell_ids)
+    rows = [read_run(p.parent) for p in sorted(root.glob(f"*/{CELL_FILE}"))
+            if keep is None or p.parent.name in keep]
     return sorted(rows, key=lambda r: r["id"])

@@ -125,11 +125,6 @@ def select_experiment(out: str | Path, name: str | None = None) -> dict:
     return next(iter(records.values()), {})
 
 
-def read_experiment(out: str | Path, name: str | None = None) -> dict:
-    """The record of config ``name`` in the results folder ``out`` (:func:`select_experiment`)."""
-    return select_experiment(out, name)
-
-
 @contextlib.contextmanager
 def _records_lock(out: Path):
     """Exclusive ``flock`` on ``out/experiments/.lock``: concurrent array tasks (of one config or several)
@@ -159,14 +154,14 @@ def _migrate_legacy(out: Path, name: str) -> None:
     legacy.unlink()
 
 
-def write_experiment(cfg: ExperimentConfig, out: Path) -> None:
+def write_experiment(cfg: ExperimentConfig, out: Path, cells: list[Cell] | None = None) -> None:
     """Record the config in ``out/experiments/<name>.json`` (name, description, reference tables, source,
     the ids of its grid's cells), under a lock so that concurrent tasks never lose each other's records.
     A folder may hold any number of configs; a record of the same name with a different grid is refused
     (naming the file and the cells that differ): a name is cited as one table, whose leaderboard would
     mix both grids."""
     out = Path(out)
-    ids = sorted(c.id for c in expand_grid(cfg))
+    ids = sorted(c.id for c in (expand_grid(cfg) if cells is None else cells))
     doc = {"name": cfg.name, "description": cfg.description, "reference": list(cfg.reference),
            "source": cfg.source, "cells": len(ids), "cell_ids": ids}
     path = record_path(out, cfg.name)
@@ -207,6 +202,7 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
     id names its class sets, not their contents, so a results folder shared by configs whose ``[data]``
     point at different builds (a ``random52`` v1 and a v2 build, say) would otherwise mix them silently."""
     out = Path(env.results_dir)
+    builds: dict[str, dict] = {}  # class set -> what its builds hold now (read once, not once per cell)
     for cell in cells:
         path = out / cell.id / CELL_FILE
         if cell_state(out / cell.id) not in ("done", "partial") or not path.is_file():
@@ -215,7 +211,9 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             continue
-        now = _build_classes(cfg, cell, env)
+        if cell.class_set not in builds:
+            builds[cell.class_set] = _build_classes(cfg, cell, env)
+        now = builds[cell.class_set]
         for key in ("class_sha256", "full_class_sha256"):
             if old.get(key) and now[key] and old[key] != now[key]:
                 which = cell.class_set if key == "class_sha256" else "full"
@@ -294,14 +292,15 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
 
     out = Path(env.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = partition(expand_grid(cfg), task_index, num_tasks)
+    grid = expand_grid(cfg)  # once per run: the task's share and the config's record both come from it
+    cells = partition(grid, task_index, num_tasks)
     check_builds_unchanged(cfg, cells, env)
     for cell in cells if nproc_per_node > 1 else ():
         try:  # a global batch that does not split over the GPUs: refused before any work (pretraining included)
             cell.loop_config.micro_batch(nproc_per_node)
         except ValueError as e:
             raise ValueError(f"{cfg.source}: cell {cell.id} with --nproc-per-node {nproc_per_node}: {e}") from None
-    write_experiment(cfg, out)
+    write_experiment(cfg, out, grid)
     version = code_version()
     counts = {"done": 0, "failed": 0, "partial": 0, "pending": 0}
     log.info("task %d/%d: %d cells of %s -> %s", task_index, num_tasks, len(cells), cfg.name, out)

@@ -102,8 +102,7 @@ def _batch_grads(model: nn.Module, params: List[nn.Parameter], images: torch.Ten
     n = images.shape[0]
     step = n if micro_batch is None else int(micro_batch)
     total = None
-    for start in range(0, n, step):
-        x, y = images[start:start + step], labels[start:start + step]
+    for x, y in zip(images.split(step), labels.split(step)):
         loss = F.cross_entropy(model(x), y, reduction="sum") / n
         grads = torch.autograd.grad(loss, params)
         total = list(grads) if total is None else [t + g for t, g in zip(total, grads)]

@@ -207,7 +207,7 @@ def run_step(loop, i: int, names: list[str], p: float) -> None:
         before_imgs = sum(chunks[:j])
         stats = _train(loop, chunks[j], None, before_imgs, f"fine-tune {part['layer']}")
         part["finetune_images"] += stats.images
-        part["optimizer_steps"] = part.get("optimizer_steps", 0) + stats.optimizer_steps
+        part["optimizer_steps"] += stats.optimizer_steps
         part["train_loss"] = stats.loss
         tpart["train_s"] += stats.wall_time
         tpart["data_s"] += stats.data_time
