@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc-per-node=N -m benchmark.cellmain CONFIG CELL_ID --env JSON
 
 Every rank initialises the default process group (NCCL when the cell trains on CUDA, else Gloo;
-:func:`pruning.loop.run.init_distributed`), uses ``cuda:$LOCAL_RANK`` on CUDA, and calls :func:`benchmark.execute.execute_cell`; the engine reduces
+:func:`pruning.loop.distributed.init_distributed`), uses ``cuda:$LOCAL_RANK`` on CUDA, and calls :func:`benchmark.execute.execute_cell`; the engine reduces
 metrics across ranks and only rank 0 writes the run directory.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 def main(argv=None) -> int:
     import torch.distributed as dist
 
-    from pruning.loop.run import init_distributed
+    from pruning.loop.distributed import init_distributed
 
     from .config import load_config
     from .execute import CellEnv, execute_cell
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     if a.cell_id not in cells:
         raise ValueError(f"cell {a.cell_id!r} is not in {cfg.source}; see `imagenet52p-bench list {a.config}`")
     # under torchrun: NCCL on this process's GPU (LOCAL_RANK) when the cell trains on CUDA, Gloo for
-    # --device cpu (pruning.loop.run.init_distributed; the loop's Runtime picks the same GPU)
+    # --device cpu (pruning.loop.distributed.init_distributed; the loop's Runtime picks the same GPU)
     init_distributed(env.device)
     try:
         execute_cell(cfg, cells[a.cell_id], Path(env.results_dir) / a.cell_id, env)

@@ -19,7 +19,7 @@ A starting model the runner trains (``weights = "pretrain"`` or ``init = "scratc
 ``epochs * N`` trained images once per class set.  GPU-hours = trained / ``train_ips`` +
 evaluated / ``eval_ips``, over 3600.  The default throughputs are ASSUMPTIONS (one H100-class
 GPU, bf16 + channels_last, 16 CPU cores decoding JPEGs, so input-bound), not measurements: give
-``--train-ips/--eval-ips`` measured on your machine (``python -m pruning.loop.bench``).
+``--train-ips/--eval-ips`` measured on your machine (``python -m benchmark.throughput``).
 """
 
 from __future__ import annotations

@@ -105,10 +105,6 @@ from .build_cli import info_cmd, verify_cmd  # noqa: E402
 main.add_command(verify_cmd)
 main.add_command(info_cmd)
 
-from .prune_cli import prune_cmd  # noqa: E402
-
-main.add_command(prune_cmd)
-
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -70,16 +70,16 @@ to() {  # to FILE COMMAND...: run COMMAND with its standard output (and errors, 
 if [ "$DEVICE" = cuda ]; then
     step pytest-gpu to "$OUT/pytest_gpu.txt" "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
 fi
-step loop-throughput "$PY" -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" --batch-size "$BS" \
+step loop-throughput "$PY" -m benchmark.throughput throughput --model "$MODELS" --device "$DEVICE" --batch-size "$BS" \
     --images "$IMAGES" --size "$SIZE" --repeats "$REPEATS" --out "$OUT/loop_throughput.json"
-step overhead to "$OUT/overhead.json" "$PY" -m pruning.loop.bench overhead --device "$DEVICE" "${OVERHEAD[@]}"
+step overhead to "$OUT/overhead.json" "$PY" -m benchmark.throughput overhead --device "$DEVICE" "${OVERHEAD[@]}"
 if [ ! -f "$OUT/data/build/manifest.json" ]; then
     step fake-tree "$PY" scripts/make_fake_imagenet.py "$OUT/data/tree" --train-per-class "$PER_CLASS" \
         --val-per-class "$HOLD" --width "$W" --height "$H" --noise 40
     step build "$PY" -m imagenet52p.build_cli --root "$OUT/data/tree" --out "$OUT/data/build" --val-per-class "$HOLD" \
         --workers "$WORKERS" --quiet
 fi
-step loop-throughput-data "$PY" -m pruning.loop.bench throughput --model "$MODELS" --device "$DEVICE" \
+step loop-throughput-data "$PY" -m benchmark.throughput throughput --model "$MODELS" --device "$DEVICE" \
     --batch-size "$BS" --size "$SIZE" --repeats "$REPEATS" --workers "$WORKERS" --data "$OUT/data/build" \
     --out "$OUT/loop_throughput_data.json"
 step speedup "$PY" scripts/bench_speedup.py --device "$DEVICE" "${SPEEDUP[@]}" --json "$OUT/speedup.json"

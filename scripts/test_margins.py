@@ -31,7 +31,7 @@ def learning() -> None:
     import pruning
     from pruning.loop import RunOptions, evaluate, make_model, prune_finetune
     from pruning.loop.data import DataStream
-    from pruning.loop.synthetic import pretrain, synthetic_dataset, synthetic_splits
+    from benchmark.synthetic import pretrain, synthetic_dataset, synthetic_splits
     from pruning.loop.train import Runtime, make_optimizer, train_chunk
 
     quiet = RunOptions(progress=False, device="cpu")

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pruning.loop import LoopConfig, RunOptions, prune_finetune
-from pruning.loop.synthetic import synthetic_splits
+from benchmark.synthetic import synthetic_splits
 
 # A small CNN without BatchNorm: a micro-batch's own statistics do not enter training, so splitting the
 # global batch over ranks or accumulation steps changes nothing but the order of float additions.
@@ -24,8 +24,8 @@ import json, sys, torch
 from torch import nn
 torch.set_num_threads(1)
 from pruning.loop import RunOptions, prune_finetune
-from pruning.loop.run import init_distributed
-from pruning.loop.synthetic import synthetic_splits
+from pruning.loop.distributed import init_distributed
+from benchmark.synthetic import synthetic_splits
 init_distributed("cpu")
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
@@ -142,7 +142,7 @@ def test_a_global_batch_that_does_not_divide_is_refused():
 def test_collectives_wait_for_rank_0_scoring(monkeypatch):
     """Only rank 0 scores; the others wait in a broadcast, so the process group's timeout must outlast a
     whole-training-split scoring pass (torch's NCCL default, 10 minutes, does not)."""
-    from pruning.loop.run import DIST_TIMEOUT_MIN, dist_timeout
+    from pruning.loop.distributed import DIST_TIMEOUT_MIN, dist_timeout
     monkeypatch.delenv("IMAGENET52P_DIST_TIMEOUT_MIN", raising=False)
     assert dist_timeout().total_seconds() == DIST_TIMEOUT_MIN * 60 >= 6 * 3600
     monkeypatch.setenv("IMAGENET52P_DIST_TIMEOUT_MIN", "90")

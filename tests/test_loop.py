@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, TensorDataset
 import pruning
 from pruning.loop import LoopConfig, RunOptions, evaluate, make_model, prune_finetune, restrict_classifier
 from pruning.loop.data import DataStream
-from pruning.loop.synthetic import pretrain, synthetic_splits
+from benchmark.synthetic import pretrain, synthetic_splits
 from pruning.loop.train import Runtime
 
 NUM_CLASSES, PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS, SIZE = 6, 24, 8, 8, 24

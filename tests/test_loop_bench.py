@@ -1,4 +1,4 @@
-"""`python -m pruning.loop.bench throughput`: our training loop against a minimal loop, run for real on CPU
+"""`python -m benchmark.throughput throughput`: our training loop against a minimal loop, run for real on CPU
 (the GPU numbers come from the same code with --device cuda)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def _bench(tmp_path, *args):
     """(JSON written by the bench, its stderr, wall seconds of the whole process)."""
     out = tmp_path / "bench.json"
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pruning.loop.bench", "throughput", "--threads", "1", "--size", "32",
+    proc = subprocess.run([sys.executable, "-m", "benchmark.throughput", "throughput", "--threads", "1", "--size", "32",
                            "--batch-size", "8", "--repeats", "1", "--out", str(out), *args],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -89,7 +89,7 @@ def test_gpu_bench_script_refuses_without_cuda(tmp_path):
 
 def test_overhead_reports_the_added_host_time_per_step():
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pruning.loop.bench", "overhead", "--steps", "40", "--repeats", "2",
+    proc = subprocess.run([sys.executable, "-m", "benchmark.throughput", "overhead", "--steps", "40", "--repeats", "2",
                            "--threads", "1"], capture_output=True, text=True, timeout=300)
     wall_us = (time.perf_counter() - t) * 1e6
     assert proc.returncode == 0, proc.stderr

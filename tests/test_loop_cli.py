@@ -8,8 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from imagenet52p import prune_cli
-from imagenet52p.cli import main
+from benchmark import prune_cli
+from benchmark.prune_cli import main
 from imagenet52p.classes import imagenet1k_index, load_class_set
 
 WNIDS = load_class_set("imagenet52p").wnids[:6]
@@ -116,13 +116,23 @@ def test_clear_errors(tmp_path, build):
     assert r.exit_code != 0 and "ratio" in r.output
 
 
-def test_cli_choices_match_the_library():
-    from pruning.loop import config, loaders
-    assert prune_cli.ORDERS == config.ORDERS and prune_cli.SCHEDULES == config.SCHEDULES
-    assert prune_cli.SELECTIONS == config.SELECTIONS
-    assert prune_cli.HEAD_MODES == loaders.HEAD_MODES and prune_cli.LABEL_SPACES == loaders.LABEL_SPACES
+def test_cli_choices_are_the_librarys_and_help_stays_torch_free():
+    import subprocess
+    import sys
+
+    from benchmark import data
+    from pruning.loop import config
+    assert prune_cli.ORDERS.choices == config.ORDERS and prune_cli.SCHEDULES.choices == config.SCHEDULES
+    assert prune_cli.SELECTIONS.choices == config.SELECTIONS
+    assert prune_cli.HEAD_MODES.choices == data.HEAD_MODES and prune_cli.LABEL_SPACES.choices == data.LABEL_SPACES
     import pruning
-    assert prune_cli.PROTOCOLS == tuple(pruning.PROTOCOLS)
+    assert prune_cli.PROTOCOLS.choices == tuple(pruning.PROTOCOLS)
+    code = ("import sys; from click.testing import CliRunner; from benchmark.prune_cli import main; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+            "assert 'torch' not in sys.modules, 'imagenet52p --help imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    r = CliRunner().invoke(main, ["prune", "--order", "sideways"])
+    assert r.exit_code != 0 and "last_to_first" in r.output  # the library's choices, in the error
 
 
 def test_weights_file_and_restricted_rows_are_the_pretrained_ones(tmp_path, build):

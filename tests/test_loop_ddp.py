@@ -14,8 +14,8 @@ SCRIPT = r'''
 import hashlib, json, sys, torch
 torch.set_num_threads(1)
 from pruning.loop import RunOptions, make_model, prune_finetune
-from pruning.loop.run import init_distributed
-from pruning.loop.synthetic import synthetic_splits
+from pruning.loop.distributed import init_distributed
+from benchmark.synthetic import synthetic_splits
 init_distributed("cpu")
 d = synthetic_splits(4, 15, 5, 5, size=20, seed=0, noise=30.0)   # 60 train, 20 val, 20 test
 model = make_model("tinyvgg", 4, seed=0)
@@ -66,5 +66,5 @@ def test_ddp_two_ranks_on_cpu(tmp_path):
     ("cpu", True, "gloo"), ("cpu", False, "gloo"),
 ])
 def test_backend_follows_the_requested_device(device, cuda, backend):
-    from pruning.loop.run import dist_backend
+    from pruning.loop.distributed import dist_backend
     assert dist_backend(device, cuda) == backend

@@ -14,7 +14,7 @@ import torch
 from conftest import cli
 from pruning.loop import RunOptions, Stopped, make_model, prune_finetune
 from pruning.loop.checkpoint import load_checkpoint, rng_state, set_rng_state
-from pruning.loop.synthetic import synthetic_splits
+from benchmark.synthetic import synthetic_splits
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,7 +164,7 @@ def test_resume_with_an_iterable_that_uses_the_rng(tmp_path):
 def test_resume_is_exact_with_dataloader_workers(tmp_path, build_dir):
     """A build read by 2 DataLoader workers (random crops drawn in the workers): still exact."""
     from pruning.loop import LoopConfig
-    from pruning.loop.run import RunSpec, run_spec
+    from benchmark.run import RunSpec, run_spec
     spec = RunSpec(model="tinyvgg", data=str(build_dir), image_size=32)
     cfg = LoopConfig("l1", 0.5, layers=("features.8", "features.4"), p=0.5, q=2, batch_size=16, lr=0.02,
                      data_fraction=0.5)

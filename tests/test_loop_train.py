@@ -151,7 +151,7 @@ def test_cuda_code_path_logic_on_cpu():
     """bf16 autocast + channels_last (the CUDA settings) through training, surgery and evaluation, on CPU."""
     import pruning
     from pruning.loop import evaluate, make_model
-    from pruning.loop.synthetic import synthetic_dataset
+    from benchmark.synthetic import synthetic_dataset
     fast = Runtime(torch.device("cpu"), amp=True, channels_last=True)
     plain = Runtime(torch.device("cpu"))  # the dataclass defaults: fp32, NCHW
     ds = synthetic_dataset(4, 8, size=16)
@@ -177,7 +177,7 @@ def test_cuda_code_path_logic_on_cpu():
 @pytest.mark.gpu
 def test_loop_on_cuda_with_bf16_and_channels_last(tmp_path):
     from pruning.loop import RunOptions, make_model, prune_finetune
-    from pruning.loop.synthetic import synthetic_splits
+    from benchmark.synthetic import synthetic_splits
     train, val, test = synthetic_splits(4, 16, 4, 4, size=32)
     model = make_model("tinyvgg", 4, seed=0)
     s = prune_finetune(model, "mean_activation", 0.5, "all", train, val, test, p=0.5, q=2, batch_size=16,

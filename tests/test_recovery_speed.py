@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pruning.loop import RunOptions, make_model, prune_finetune
-from pruning.loop.synthetic import pretrain, synthetic_splits
+from benchmark.synthetic import pretrain, synthetic_splits
 
 QUIET = RunOptions(progress=False, device="cpu")
 Q = 5

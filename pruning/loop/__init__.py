@@ -5,9 +5,9 @@ Public API::
     from pruning.loop import prune_finetune, run_loop, LoopConfig, RunOptions
     summary = prune_finetune(model, "l1", 0.5, "vgg16", train_ds, val_ds, test_ds, p=1, q=12,
                              out_dir="runs/vgg16-l1-50", resume=True)
-    # from a build directory, as `imagenet52p prune` does:
-    summary = run_spec(RunSpec(model="vgg16", data="/data/imagenet52p", weights="vgg16.pt", head="restrict"),
-                       LoopConfig("apoz", 0.5, layers="vgg16", q=12), "runs/x", RunOptions(), resume=True)
+
+The engine takes datasets or DataLoaders and a model; opening a build, choosing the head and
+building the model is the application's job (:mod:`benchmark.run`).
 
 See :mod:`pruning.loop.engine` for what is measured and :mod:`pruning.loop.config`
 for every option.
@@ -17,7 +17,7 @@ from .config import LoopConfig, RunOptions, run_hash
 from .engine import Stopped, prune_finetune, run_loop
 from .evaluate import evaluate
 from .models import FullHead, list_models, make_model, restrict_classifier
-from .run import RunSpec, run_spec
+from .distributed import init_distributed
 
-__all__ = ["FullHead", "LoopConfig", "RunOptions", "RunSpec", "Stopped", "evaluate", "list_models", "make_model",
-           "prune_finetune", "restrict_classifier", "run_hash", "run_loop", "run_spec"]
+__all__ = ["FullHead", "LoopConfig", "RunOptions", "Stopped", "evaluate", "list_models", "make_model",
+           "prune_finetune", "init_distributed", "restrict_classifier", "run_hash", "run_loop"]

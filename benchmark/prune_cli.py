@@ -1,8 +1,11 @@
 """``imagenet52p prune``: Algorithm 1 (layer-by-layer prune and fine-tune) into a run directory.
 
-A thin click layer: options become a :class:`pruning.loop.run.RunSpec`, a
+A thin click layer: options become a :class:`benchmark.run.RunSpec`, a
 :class:`pruning.loop.LoopConfig` and :class:`pruning.loop.RunOptions`, and
-:func:`pruning.loop.run.run_spec` does the work.  See docs/loop.md.
+:func:`benchmark.run.run_spec` does the work.  See docs/loop.md.
+
+``main`` is the ``imagenet52p`` console script: the data floor's commands (:mod:`imagenet52p.cli`)
+plus ``prune``, composed here so the data floor never imports the application.
 """
 
 from __future__ import annotations
@@ -13,19 +16,33 @@ import os
 
 import click
 
-# literal copies of pruning.loop's choices, so `imagenet52p --help` does not import torch
-# (tests/test_loop_cli.py checks they match)
-ORDERS = ("last_to_first", "first_to_last", "given")
-SCHEDULES = ("constant", "cosine", "step")
-SELECTIONS = ("best", "last")
-HEAD_MODES = ("full", "restrict", "subset-logits")
-LABEL_SPACES = ("subset", "imagenet1k")
-PROTOCOLS = ("vgg16", "resnet50-16", "resnet50-32", "all")  # pruning.layers.PROTOCOLS
+class _LibraryChoice(click.Choice):
+    """A ``click.Choice`` whose choices are read from the library when first needed (``--help`` of the
+    ``prune`` command, or parsing its options), so ``imagenet52p --help`` and the data commands never
+    import torch, and the choices are the library's own, never a copy."""
+
+    def __init__(self, module: str, name: str):
+        self._where = (module, name)
+        self.case_sensitive = True
+
+    @property
+    def choices(self):
+        import importlib
+        module, name = self._where
+        return tuple(getattr(importlib.import_module(module), name))
+
+
+ORDERS = _LibraryChoice("pruning.loop.config", "ORDERS")
+SCHEDULES = _LibraryChoice("pruning.loop.config", "SCHEDULES")
+SELECTIONS = _LibraryChoice("pruning.loop.config", "SELECTIONS")
+HEAD_MODES = _LibraryChoice("benchmark.data", "HEAD_MODES")
+LABEL_SPACES = _LibraryChoice("benchmark.data", "LABEL_SPACES")
+PROTOCOLS = _LibraryChoice("pruning.layers", "PROTOCOLS")
 
 
 def _layers(value: str):
     """A protocol name, or comma-separated conv names (one name is a list of one)."""
-    if value in PROTOCOLS:
+    if value in PROTOCOLS.choices:
         return value
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -49,7 +66,7 @@ def _labels(value: str | None):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="run directory")
 @click.option("--layers", default="all", show_default=True,
               help="protocol (vgg16, resnet50-16, resnet50-32, all) or comma-separated conv names")
-@click.option("--order", type=click.Choice(ORDERS), default="last_to_first", show_default=True)
+@click.option("--order", type=ORDERS, default="last_to_first", show_default=True)
 @click.option("--one-shot", is_flag=True, help="prune every layer at once, then fine-tune q epochs")
 @click.option("--p", "--p-epochs", "p", type=float, default=1.0, show_default=True,
               help="fine-tuning epochs after each layer (--p-epochs under torchrun, which takes --p itself)")
@@ -59,9 +76,9 @@ def _labels(value: str | None):
 @click.option("--final-data-fraction", type=float, default=None,
               help="fraction for the final fine-tune only (paper: 0.1 with --data-fraction 1)")
 @click.option("--classes", default=None, help="class set restricting all splits (imagenet52p, random52, FILE)")
-@click.option("--head", type=click.Choice(HEAD_MODES), default="full", show_default=True,
+@click.option("--head", type=HEAD_MODES, default="full", show_default=True,
               help="class-subset setting: full | restrict (cut a 1000-way classifier) | subset-logits")
-@click.option("--label-space", type=click.Choice(LABEL_SPACES), default="subset", show_default=True)
+@click.option("--label-space", type=LABEL_SPACES, default="subset", show_default=True)
 @click.option("--score-images", type=int, default=None, help="images for scoring each layer (default: all)")
 @click.option("--score-labels", default=None, help="comma-separated labels scoring is restricted to")
 @click.option("--round-to", type=int, default=1, show_default=True)
@@ -72,12 +89,12 @@ def _labels(value: str | None):
 @click.option("--accum-steps", type=int, default=1, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="LR of the per-layer fine-tuning")
 @click.option("--final-lr", type=float, default=None, help="LR of the final fine-tune (default: --lr)")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--schedule", type=SCHEDULES, default="cosine", show_default=True)
 @click.option("--step-epochs", type=float, default=4.0, show_default=True)
 @click.option("--gamma", type=float, default=0.1, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--select", type=click.Choice(SELECTIONS), default="best", show_default=True)
+@click.option("--select", type=SELECTIONS, default="best", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--image-size", type=int, default=224, show_default=True)
 @click.option("--resize", type=int, default=None, help="eval resize (default: image-size * 256/224)")
@@ -100,7 +117,7 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
     and, last, summary.json (damage, recovery, per-epoch recovery curve, data used, test).
     """
     from pruning.loop import LoopConfig, RunOptions
-    from pruning.loop.run import RunSpec, run_spec
+    from benchmark.run import RunSpec, run_spec
 
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -132,3 +149,16 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
     click.echo(f"{out_dir}: val top-1 {final['top1']:.4f}"
                + (f", test top-1 {test['top1']:.4f} top-5 {test['top5']:.4f}" if test else "")
                + f", MACs x{summary['cost']['macs_ratio']:.3f}, params x{summary['cost']['params_ratio']:.3f}")
+
+
+def _compose():
+    from imagenet52p.cli import main as data_main
+
+    return click.Group(name="imagenet52p", commands={**data_main.commands, "prune": prune_cmd}, help=data_main.help,
+                       params=list(data_main.params), callback=data_main.callback)
+
+
+main = _compose()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

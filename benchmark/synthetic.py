@@ -46,8 +46,8 @@ def synthetic_splits(num_classes: int = 10, per_class: int = 40, val_per_class: 
 def pretrain(model, train: TensorDataset, epochs: int = 4, lr: float = 0.05, batch_size: int = 32, seed: int = 0):
     """Train ``model`` on ``train`` (SGD momentum 0.9, cosine LR) on CPU: the "pretrained"
     network that tests and demos then prune.  Deterministic for a given seed."""
-    from .data import DataStream
-    from .train import Runtime, lr_at, make_optimizer, train_chunk
+    from pruning.loop.data import DataStream
+    from pruning.loop.train import Runtime, lr_at, make_optimizer, train_chunk
 
     torch.manual_seed(seed)
     rt = Runtime.create("cpu")

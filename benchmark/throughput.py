@@ -1,4 +1,4 @@
-"""Benchmarks of the loop (``python -m pruning.loop.bench ...``; numbers in the README, "Algorithm 1").
+"""Benchmarks of the loop (``python -m benchmark.throughput ...``; numbers in the README, "Algorithm 1").
 
 ``steps``: wall time of each Algorithm 1 layer step (scoring, surgery, damage
 eval, ``p`` epochs of fine-tuning, recovery eval) for a model on synthetic
@@ -37,13 +37,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..cost import device_name
-from .config import RunOptions
-from .data import DataStream
-from .engine import prune_finetune
-from .models import make_model
+from pruning.cost import device_name
+from pruning.loop.config import RunOptions
+from pruning.loop.data import DataStream
+from pruning.loop.engine import prune_finetune
+from pruning.loop.models import make_model
 from .synthetic import pretrain, synthetic_splits
-from .train import Runtime, make_optimizer, train_chunk
+from pruning.loop.train import Runtime, make_optimizer, train_chunk
 
 
 def bench_steps(model_name: str = "tinyvgg", classes: int = 10, per_class: int = 100, size: int = 32,
@@ -108,11 +108,11 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
 
     ``data=None``: ``images`` random uint8 images in memory (the loader costs nothing: compute-bound).
     ``data=BUILD``: one pass over the train split of a build (``build-imagenet52p --out``) through the
-    loop's own loaders (:func:`pruning.loop.loaders.open_data`: shard reading, JPEG decoding, random
+    loop's own loaders (:func:`benchmark.data.open_data`: shard reading, JPEG decoding, random
     resized crop, ``Normalize`` on the device) for both sides, which shows whether the data pipeline
     keeps up.  ``eval_pass``: also time one evaluation pass of ours (for ``imagenet52p-bench estimate``).
     """
-    from .evaluate import evaluate
+    from pruning.loop.evaluate import evaluate
     rt = Runtime.create(device)
     if data is None:
         train_data = _in_memory(images, size)
@@ -123,7 +123,7 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
             return DataLoader(train_data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                               pin_memory=rt.is_cuda, generator=torch.Generator().manual_seed(r))
     else:
-        from .loaders import open_data
+        from .data import open_data
         rd = open_data(data, image_size=size, batch_size=batch_size, num_workers=num_workers)
         train_data, eval_data, num_classes = rd.train, rd.val, rd.num_labels
         rt.normalize = rd.batch_transform.to(rt.device)  # as the engine does: its constants on the device
