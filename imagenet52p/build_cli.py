@@ -1,6 +1,7 @@
 """``build-imagenet52p`` (build shards) and ``imagenet52p verify`` / ``imagenet52p info``.
 
-Thin click commands over :mod:`imagenet52p.build`: options become a :class:`BuildConfig`.
+Thin click commands over :mod:`imagenet52p.builder` (options become a :class:`BuildConfig`) and
+:mod:`imagenet52p.format` (verify, info); the printed table is :mod:`imagenet52p.summary`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import sys
 import click
 
 from ._version import __version__
-from .build import LAYOUTS, BuildConfig, BuildError, format_summary, load_manifest, run_build, verify_build
+from .builder import LAYOUTS, BuildConfig, BuildError, run_build
 from .classes import BUILTIN_SETS
+from .format import load_manifest, verify_build
+from .summary import format_summary
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -5,40 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections import defaultdict
 
 import click
 
 from ._version import __version__
-from .classes import BUILTIN_SETS, ClassSet, load_class_set
-
-
-def format_table(cs: ClassSet) -> str:
-    """Readable table; grouped by VOC class when the set has them."""
-    lines = [f"{cs.name}: {len(cs)} classes (sha256 {cs.sha256[:12]})"]
-    if any(c.voc_class for c in cs):
-        groups = defaultdict(list)
-        for c in cs:
-            groups[c.voc_class].append(c)
-        for voc in sorted(groups, key=lambda v: (v is None, v or "")):
-            members = groups[voc]
-            lines.append(f"\n{voc or '(none)'} ({len(members)})")
-            for c in members:
-                lines.append(f"  {c.index:>3}  {c.wnid}  {c.name:<26} in1k={c.imagenet1k_index:<4} "
-                             f"depth={c.depth} via {c.voc_synset}")
-    else:
-        lines.append("")
-        lines.extend(f"  {c.index:>4}  {c.wnid}  {c.name:<30} in1k={c.imagenet1k_index}" for c in cs)
-    return "\n".join(lines)
-
-
-def format_tsv(cs: ClassSet) -> str:
-    cols = ["index", "wnid", "name", "voc_class", "voc_synset", "depth", "imagenet1k_index"]
-    rows = ["\t".join(cols)]
-    for c in cs:
-        d = c.to_dict()
-        rows.append("\t".join("" if d[k] is None else str(d[k]) for k in cols))
-    return "\n".join(rows)
+from .classes import BUILTIN_SETS, load_class_set
+from .tables import format_table, format_tsv
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -41,10 +41,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .build.manifest import load_manifest
-from .build.writer import file_sha256
 from .classes import ClassSet
-from .shards import read_tar_samples
+from .format import file_sha256, load_manifest, read_tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +174,7 @@ class ImageNetShards(IterableDataset):
                  shuffle_buffer: int = 1000, rank: int | None = None, world_size: int | None = None,
                  even: str | None = None, batch_size: int | None = None, verify: bool = False,
                  on_error: str = "raise", with_meta: bool = False):
+        # over 60 lines: the argument and manifest checks, in order, each with its own message
         super().__init__()
         _choice("label_space", label_space, LABEL_SPACES)
         _choice("even", even, EVEN)

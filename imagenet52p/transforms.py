@@ -25,7 +25,7 @@ How it is fast, and how it differs numerically from the plain torchvision recipe
    pixels per edge). ``draft=False`` turns this off.
 2. Resizing uses torch's antialiased bilinear ``interpolate`` on ``uint8`` (channels-last, SIMD):
    it follows PIL's filter; outputs differ from PIL's by at most 1 grey level (mean ~0.01).
-   ``tests/test_dataset_transforms.py`` checks these bounds against the plain recipe.
+   ``tests/data/test_dataset_transforms.py`` checks these bounds against the plain recipe.
 3. :class:`Normalize` computes ``x * (1 / (255 * std)) - mean / std`` in float32, equal to
    ``ToTensor`` + ``Normalize`` up to float rounding (~1e-6).
 

@@ -44,7 +44,7 @@ from torchvision import transforms as T
 
 from imagenet52p import ImageNet52P
 from imagenet52p import transforms as IT
-from imagenet52p.build import BuildConfig, build_dataset
+from imagenet52p.builder import BuildConfig, build_dataset
 from imagenet52p.classes import load_class_set
 from imagenet52p.fake import FakeSpec, encode_jpeg, render_image
 

@@ -11,6 +11,13 @@ import torch
 
 BIN = Path(sys.executable).parent
 
+# The data floor's helpers (tests/data: build_helpers, dataset_helpers, fake_layouts) are imported by
+# their plain names, from tests/data and from other floors' tests alike; tests/data is put on sys.path
+# (as pytest does for a test folder without __init__.py) so that they are one module each.
+DATA_TESTS = str(Path(__file__).resolve().parent / "data")
+if DATA_TESTS not in sys.path:
+    sys.path.insert(0, DATA_TESTS)
+
 # Session fixtures of the build and dataset tests, registered once (importing them into each test
 # module would make one copy per module, each set up again).
 pytest_plugins = ["build_helpers", "dataset_helpers"]

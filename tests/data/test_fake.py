@@ -54,7 +54,7 @@ def test_classes_are_learnable():
 
 
 def test_script(tmp_path):
-    script = Path(__file__).resolve().parent.parent / "scripts" / "make_fake_imagenet.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_fake_imagenet.py"
     lst = tmp_path / "two.txt"
     lst.write_text("n01440764\nn02123045\n")
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "tree"), "--classes", str(lst),

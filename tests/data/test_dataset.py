@@ -199,7 +199,7 @@ def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
     import io
     import tarfile
 
-    from imagenet52p.shards import iter_tar, read_tar_samples
+    from imagenet52p.format.tar import iter_tar, read_tar_samples
     fmt_id = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}[fmt]
     path = tmp_path / "x.tar"
     names = []

@@ -10,7 +10,7 @@ import pytest
 from build_helpers import WNIDS, build, read_samples, tree_digest
 from PIL import Image
 
-from imagenet52p.build import BuildConfig, build_dataset
+from imagenet52p.builder import BuildConfig, build_dataset
 from imagenet52p.classes import ClassSet, load_class_set
 
 

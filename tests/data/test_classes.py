@@ -283,7 +283,7 @@ def test_every_info_file_is_declared_package_data():
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["imagenet52p"]
     files = [p.relative_to(root / "imagenet52p").as_posix() for p in (root / "imagenet52p" / "_info").iterdir()]
     assert files

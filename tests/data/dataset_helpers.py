@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from build_helpers import read_samples
 
-from imagenet52p.build import BuildConfig, build_dataset
+from imagenet52p.builder import BuildConfig, build_dataset
 from imagenet52p.classes import load_class_set
 from imagenet52p.fake import FakeSpec, make_fake_imagenet
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from build_helpers import LAYOUT_ROOTS, SPEC, WNIDS, build, read_samples
+from fake_layouts import devkit_ids, to_archives, to_devkit
 from PIL import Image
 
-from imagenet52p.build import BuildError
-from imagenet52p.build.layouts import detect_layout
+from imagenet52p.builder import BuildError
+from imagenet52p.builder.layouts import detect_layout
 from imagenet52p.classes import imagenet1k_index
 from imagenet52p.fake import make_fake_imagenet
-from imagenet52p.fake_layouts import devkit_ids, to_archives, to_devkit
 
 EXPECTED_LAYOUT = {"folders": "folders", "kaggle": "kaggle", "devkit": "devkit", "devkit_tgz": "devkit",
                    "archives": "archives"}

@@ -1,4 +1,6 @@
-"""Fake ImageNet copies in every input layout, with the quirks real copies have.
+"""Test fixture (not library code): fake ImageNet copies in every input layout, with the quirks
+real copies have (import with ``from fake_layouts import ...``; tests/conftest.py puts tests/data on
+``sys.path``).
 
 Start from a ``folders`` tree written by :func:`imagenet52p.fake.make_fake_imagenet`, optionally
 :func:`plant_quirks` in it, then turn it into the other layouts:
@@ -28,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classes import imagenet1k_names, imagenet1k_wnids
-from .fake import FakeSpec, render_image
+from imagenet52p.classes import imagenet1k_names, imagenet1k_wnids
+from imagenet52p.fake import FakeSpec, render_image
 
 VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.")
 DEVKIT = "ILSVRC2012_devkit_t12"

@@ -1,5 +1,5 @@
-"""The deterministic plan: which image goes to which split, key and shard, decided before any
-parallel work.
+"""The assignment of samples to splits, keys and shards (the build's deterministic plan), decided
+before any parallel work.
 
 Definitions (all driven by ``seed`` through :func:`~.config.derived_seed`, never by ``hash``):
 

@@ -1,6 +1,6 @@
 """Writing one shard: deterministic tar bytes, temp name, fsync, rename.
 
-Every member header is fixed (:func:`imagenet52p.shards.tar_header`: POSIX/pax ``tarfile``
+Every member header is fixed (:func:`imagenet52p.format.tar.tar_header`: POSIX/pax ``tarfile``
 header, mtime 0, uid/gid 0, empty uname/gname, mode 0o644), members come in the planned sample
 order (``.jpg``, ``.cls``, ``.json`` per sample) and the archive ends like ``tarfile`` ends one
 (two zero blocks, padded to a 10240-byte record).  So the bytes depend only on the planned samples and the options, never on
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from ..shards import tar_end, tar_header, tar_pad
+from ..format import tar_end, tar_header, tar_pad
 from .config import BuildError
 from .images import BadImage, prepare_image
 from .sources import Source, read_source
@@ -152,11 +152,3 @@ def write_shard(task: ShardTask) -> dict:
             "bytes": sink.bytes, "sha256": sink.digest.hexdigest(), "plan_sha256": task.plan_sha256,
             "per_class": dict(sorted(per_class.items())), "skipped": skipped, "converted": converted,
             "source_bytes": source_bytes, "seconds": time.perf_counter() - t0}
-
-
-def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()

@@ -1,5 +1,5 @@
-"""The shard tar format, both directions: the builder's deterministic member headers and the
-dataset's fast member reader.
+"""The shard tar layout of docs/FORMAT.md, both directions: the builder's deterministic member
+headers and the dataset's fast member reader.
 
 Writing (:func:`tar_header`, :func:`tar_pad`, :func:`tar_end`): every member header is the one
 ``tarfile`` writes in PAX format with fixed metadata (mtime 0, uid/gid 0, empty uname/gname, mode

@@ -1,4 +1,5 @@
-"""``build_dataset``: scan, plan, write shards in parallel (resuming), then the manifest last.
+"""The build run (``build_dataset``, ``run_build``, ``BuildResult``): scan, assign samples to shards,
+write shards in parallel (resuming), then the manifest last (docs/builder.md).
 
 Output directory states:
 
@@ -24,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..classes import load_class_set
-from .config import SPLITS, BuildConfig, BuildError, build_identity, identity_digest
+from ..format import SPLITS, file_sha256, write_json_atomic
+from .assign import plan_sha256, plan_split, shard_prefix, split_sources
+from .config import BuildConfig, BuildError, build_identity, identity_digest
 from .layouts import scan_root
-from .manifest import make_info, make_manifest, write_json_atomic
-from .plan import plan_sha256, plan_split, shard_prefix, split_sources
-from .writer import ShardTask, file_sha256, write_shard
+from .manifest import make_info, make_manifest
+from .writer import ShardTask, write_shard
 
 log = logging.getLogger(__name__)
 STATE = ".build"
@@ -145,13 +147,8 @@ def _make_tasks(cfg: BuildConfig, cs, splits, digest: str, prefix: str) -> dict[
     return tasks
 
 
-def run_build(cfg: BuildConfig) -> BuildResult:
-    """Build (or resume) ``cfg.out`` from ``cfg.root``; see :func:`build_dataset`."""
-    t_start = time.perf_counter()
-    cfg.validate()
-    cs = load_class_set(cfg.classes)
-    out = cfg.out_path
-    scan = scan_root(cfg.root_path, cfg.layout, cs.wnids)
+def _missing_classes(cfg: BuildConfig, cs, scan) -> list[str]:
+    """The chosen classes without train images; BuildError unless ``cfg.allow_missing``."""
     counts = {w: 0 for w in cs.wnids}
     for s in scan.sources:
         if s.split == "train":
@@ -163,25 +160,18 @@ def run_build(cfg: BuildConfig) -> BuildResult:
                          f"check --root and --classes, or pass --allow-missing to build without them")
     if missing:
         log.warning("building without %d missing classes: %s", len(missing), ", ".join(missing))
-    identity = build_identity(cfg, cs.sha256, scan.layout)
-    digest = identity_digest(identity)
-    prefix = shard_prefix(cs)
-    splits = split_sources(scan.sources, cs.wnids, cfg.val_per_class, cfg.seed)
-    tasks = _make_tasks(cfg, cs, splits, digest, prefix)
-    records = prepare_out(out, identity, cfg.overwrite)
-    planned = {t.rel for ts in tasks.values() for t in ts}
-    for split in SPLITS:  # shards of an earlier plan that this plan does not have
-        for p in (out / split).glob("*.tar"):
-            if f"{split}/{p.name}" not in planned:
-                p.unlink()
-    result = BuildResult(manifest={})
-    by_split: dict[str, list[dict]] = {}
-    n_images = sum(len(t.samples) for ts in tasks.values() for t in ts)
-    workers = min(cfg.num_workers(), max(1, sum(len(ts) for ts in tasks.values())))
-    log.info("%s: %d images in %d shards, %d workers -> %s", cs.name, n_images,
-             len(planned), workers, out)
+    return missing
+
+
+def _run_tasks(cfg: BuildConfig, tasks: dict[str, list[ShardTask]], records: dict[str, dict], workers: int,
+               result: BuildResult, t_start: float) -> dict[str, list[dict]]:
+    """Write (or keep) every shard, split by split; return each split's records in shard order.
+    Fills ``result``'s per-split timings and reuse counts and its source bytes."""
     from tqdm.auto import tqdm
 
+    out = cfg.out_path
+    n_images = sum(len(t.samples) for ts in tasks.values() for t in ts)
+    by_split: dict[str, list[dict]] = {}
     bar = tqdm(total=n_images, unit="img", disable=not cfg.progress, dynamic_ncols=True)
     pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
     written = 0
@@ -214,6 +204,13 @@ def run_build(cfg: BuildConfig) -> BuildResult:
             pool.terminate()
             pool.join()
         bar.close()
+    return by_split
+
+
+def _write_manifest(cfg: BuildConfig, cs, scan, by_split: dict[str, list[dict]], missing: list[str],
+                    prefix: str) -> dict:
+    """Write ``classes.json``, ``_info.json`` and, last, ``manifest.json``; return the manifest."""
+    out = cfg.out_path
     notes = {}
     if "val" in scan.notes:
         notes["test"] = scan.notes["val"]
@@ -228,14 +225,42 @@ def run_build(cfg: BuildConfig) -> BuildResult:
     except OSError as exc:
         (out / "manifest.json").unlink(missing_ok=True)
         raise BuildError(f"cannot write the manifest into --out {out}: {exc}") from None
-    result.manifest = manifest
+    return manifest
+
+
+def run_build(cfg: BuildConfig) -> BuildResult:
+    """Build (or resume) ``cfg.out`` from ``cfg.root``; see :func:`build_dataset`."""
+    t_start = time.perf_counter()
+    cfg.validate()
+    cs = load_class_set(cfg.classes)
+    out = cfg.out_path
+    scan = scan_root(cfg.root_path, cfg.layout, cs.wnids)
+    missing = _missing_classes(cfg, cs, scan)
+    identity = build_identity(cfg, cs.sha256, scan.layout)
+    digest = identity_digest(identity)
+    prefix = shard_prefix(cs)
+    splits = split_sources(scan.sources, cs.wnids, cfg.val_per_class, cfg.seed)
+    tasks = _make_tasks(cfg, cs, splits, digest, prefix)
+    records = prepare_out(out, identity, cfg.overwrite)
+    planned = {t.rel for ts in tasks.values() for t in ts}
+    for split in SPLITS:  # shards of an earlier plan that this plan does not have
+        for p in (out / split).glob("*.tar"):
+            if f"{split}/{p.name}" not in planned:
+                p.unlink()
+    result = BuildResult(manifest={})
+    n_images = sum(len(t.samples) for ts in tasks.values() for t in ts)
+    workers = min(cfg.num_workers(), max(1, sum(len(ts) for ts in tasks.values())))
+    log.info("%s: %d images in %d shards, %d workers -> %s", cs.name, n_images,
+             len(planned), workers, out)
+    by_split = _run_tasks(cfg, tasks, records, workers, result, t_start)
+    result.manifest = _write_manifest(cfg, cs, scan, by_split, missing, prefix)
     result.seconds = time.perf_counter() - t_start
     log.info("done in %.1fs", result.seconds)
     return result
 
 
 def build_dataset(cfg: BuildConfig) -> dict:
-    """Build webdataset shards from an ImageNet copy (docs/build.md); return the manifest.
+    """Build webdataset shards from an ImageNet copy (docs/builder.md); return the manifest.
 
     Raises FileNotFoundError (no such root), ValueError (bad option or class list) and
     BuildError (no layout matched, missing classes, a refused --out, a failed write, or a bad image

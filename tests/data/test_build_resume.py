@@ -14,9 +14,9 @@ import pytest
 from build_helpers import BIN, WNIDS, build, tree_digest
 from click.testing import CliRunner
 
-from imagenet52p.build import BuildError, verify_build
-from imagenet52p.build.sources import Source
-from imagenet52p.build.writer import THROTTLE_ENV, Sample, ShardTask, write_shard
+from imagenet52p.builder import BuildError, verify_build
+from imagenet52p.builder.sources import Source
+from imagenet52p.builder.writer import THROTTLE_ENV, Sample, ShardTask, write_shard
 from imagenet52p.cli import main as imagenet52p_main
 from imagenet52p.fake import FakeSpec, make_fake_imagenet
 

@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .._version import __version__
+from ..format import FORMAT_VERSION, SPLITS  # noqa: F401 (SPLITS: re-exported to the builder)
 
-FORMAT_VERSION = 1
 LAYOUTS = ("auto", "folders", "kaggle", "devkit", "archives")
 ON_ERROR = ("skip", "fail")
-SPLITS = ("train", "val", "test")
 #: Options whose value changes the output bytes (recorded in the manifest as ``options``).
 IDENTITY_OPTIONS = ("val_per_class", "seed", "shard_size", "eval_shard_size", "resize", "quality",
                     "decode_check")

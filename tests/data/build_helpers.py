@@ -9,10 +9,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fake_layouts import plant_quirks, to_archives, to_devkit, to_kaggle
 
-from imagenet52p.build import BuildConfig, build_dataset
+from imagenet52p.builder import BuildConfig, build_dataset
 from imagenet52p.fake import FakeSpec, make_fake_imagenet
-from imagenet52p.fake_layouts import plant_quirks, to_archives, to_devkit, to_kaggle
 
 # ImageNet-1k classes 0, 1, 3, 4 (tench, goldfish, tiger shark, hammerhead): a 4-class user list
 WNIDS = ["n01440764", "n01443537", "n01491361", "n01494475"]

@@ -6,12 +6,12 @@ import io
 import tarfile
 
 import pytest
+from fake_layouts import quirk_files
 from PIL import Image
 
-from imagenet52p.build.images import BadImage, baseline_rgb_jpeg_header, prepare_image
-from imagenet52p.shards import tar_header
+from imagenet52p.builder.images import BadImage, baseline_rgb_jpeg_header, prepare_image
 from imagenet52p.fake import FakeSpec, encode_jpeg, render_image
-from imagenet52p.fake_layouts import quirk_files
+from imagenet52p.format.tar import tar_header
 from imagenet52p.transforms import jpeg_size
 
 SPEC = FakeSpec(width=96, height=64)
