@@ -1,4 +1,11 @@
-"""Filter pruning for torchvision CNNs: every importance criterion, physical removal, cost accounting.
+"""Filter pruning for torchvision CNNs: every importance criterion, physical removal, cost accounting, and the
+Algorithm 1 engine (:mod:`pruning.loop`; docs/algorithm1.md).
+
+Where things are: :mod:`pruning.registry` (criteria and statistics passes by name),
+:mod:`pruning.collectors` (the statistics passes), :mod:`pruning.criteria` (the criteria),
+:mod:`pruning.score` (scoring), :mod:`pruning.select` (scores -> plan), :mod:`pruning.surgery` (removal),
+:mod:`pruning.plan` (saving plans), :mod:`pruning.cost`, :mod:`pruning.layers` (layer protocols).
+A *plan* is always ``{conv name: kept filter indices}``.
 
 Public API (see docs/pruning.md):
 
@@ -14,6 +21,7 @@ from .cost import count_cost, count_params, measure_latency
 from .layers import PROTOCOLS, prunable_layers, resolve_layers
 from .plan import load_pruned, read_plan, save_pruned
 from .registry import get_criterion, list_criteria, register
+from . import collectors, criteria  # noqa: F401  (register the statistics passes, then the criteria)
 from .score import Scores, score_filters, score_filters_multi
 from .select import select_filters
 from .surgery import apply_plan, coupling_classes, current_plan

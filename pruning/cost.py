@@ -59,11 +59,24 @@ def count_cost(model: nn.Module, input_size: Sequence[int], batch_size: int = 1)
             "conv_macs": conv // 2, "linear_macs": linear // 2}
 
 
-def device_name(device: Union[str, torch.device]) -> str:
-    """Human-readable name of ``device`` for result rows."""
+DEVICE_NAME_STYLES = ("row", "summary")
+
+
+def device_name(device: Union[str, torch.device], style: str = "row") -> str:
+    """Human-readable name of ``device``, the library's one device-name helper.
+
+    ``style="row"`` (result rows, latency and throughput measurements): the GPU's name on CUDA, else the
+    processor and the torch thread count.  ``style="summary"`` (a run's ``summary.json``): ``cuda:<GPU name>``
+    on CUDA, else ``cpu``.
+    """
+    if style not in DEVICE_NAME_STYLES:
+        raise ValueError(f"style={style!r}; choose one of {', '.join(DEVICE_NAME_STYLES)}")
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        name = torch.cuda.get_device_name(device)
+        return f"cuda:{name}" if style == "summary" else name
+    if style == "summary":
+        return "cpu"
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 

@@ -1,28 +1,81 @@
-"""The criterion registry: every filter-importance criterion is a small callable registered by name.
+"""The registry: filter-importance criteria by name, and the statistics passes they need by kind.
 
-A criterion is ``fn(layer: LayerRef, stats, options: dict, seed: int) -> Tensor``: one score per output
-filter of the conv ``layer``, as a 1-D tensor; **higher = keep**.  ``stats`` is what the criterion
-*needs* (``Criterion.needs``), collected once by :mod:`pruning.score` for all target layers and all
-requested criteria of that kind:
+A **statistics pass** is one collection over the scoring data for all target layers (or none, for
+``"weights"``), registered with :func:`register_pass` by the kind it serves.  The built-in passes live in
+:mod:`pruning.collectors` (one module per kind, each documenting what it collects):
 
-``"weights"``
-    nothing (``stats`` is None): the layer's parameters (conv, following BatchNorm) are on ``layer``.
-``"activations"``
-    an ``ActivationStats`` of the feature map the filter produces, after its BatchNorm and activation
-    when they follow it (:mod:`pruning.stats`; one forward pass for all activation criteria).
-``"per_image_grad"`` / ``"batch_grad"``
-    a ``GradientStats`` (:mod:`pruning.gradients`): per-image or per-batch loss gradients.
-``"masks"``
-    an ``EnsembleStats``: losses of randomly masked networks (:mod:`pruning.criteria.ensemble`).
+``"weights"``        no data: the layer's parameters are on the ``LayerRef`` (:mod:`pruning.collectors.weights`)
+``"activations"``    one forward pass for every activation criterion (:mod:`pruning.collectors.activations`)
+``"per_image_grad"`` per-image loss gradients (:mod:`pruning.collectors.gradients`)
+``"batch_grad"``     per-batch loss gradients (:mod:`pruning.collectors.gradients`)
+``"masks"``          losses of randomly masked networks (:mod:`pruning.collectors.masks`)
 
-The registry refuses duplicate names, and an unknown name raises a ``KeyError`` that lists what exists.
+A **criterion** is ``fn(layer: LayerRef, stats, options: dict, seed: int) -> Tensor``: one score per
+output filter of the conv ``layer``, as a 1-D tensor; **higher = keep**.  ``stats`` is what its pass
+(``Criterion.needs``) collected for that layer; :mod:`pruning.score` runs each needed pass once for all
+target layers and all requested criteria of that kind, in the order the passes were registered.
+
+A pass is ``fn(model, refs, data, group, options, seed) -> ({layer name: stats}, num_images)``: ``refs``
+the target layers (``LayerRef``), ``group`` the requested criteria of its kind (``Criterion``),
+``options`` ``{criterion name: its checked options}``, and ``data`` the scoring data of the call:
+``data.batches(cap=None)`` yields whole ``(images, labels)`` batches on the model's device and
+``data.pieces(cap=None)`` the same batches in pieces of at most ``data.micro_batch`` images (``cap``: an
+image cap used when the call gives none).
+
+This module imports nothing of the library: :mod:`pruning` imports the collectors and then the criteria,
+which register themselves here.  Every table refuses a second registration of a name with the same
+``ValueError`` (:func:`refuse_duplicate`); an unknown name raises a ``KeyError`` that lists what exists.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-NEEDS = ("weights", "activations", "per_image_grad", "batch_grad", "masks")
+
+def refuse_duplicate(kind: str, name: str, table: Mapping[str, Any]) -> None:
+    """``ValueError`` when ``name`` is already in ``table``, naming the module that registered it; every
+    registry of the library (criteria, statistics passes, :func:`pruning.loop.models.register_model`)
+    refuses a second registration this way.  A table's value is the registered function or has it as ``fn``."""
+    if name in table:
+        first = getattr(table[name], "fn", table[name])
+        raise ValueError(f"{kind} {name!r} is already registered (by {first.__module__}); choose another name")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsPass:
+    """One registered kind of statistics pass: ``fn`` collects (module docstring); ``needs_data`` is False
+    for a pass that reads no data (``"weights"``)."""
+
+    kind: str
+    fn: Callable[..., Tuple[Dict[str, Any], int]]
+    doc: str
+    needs_data: bool = True
+
+
+_PASSES: Dict[str, StatsPass] = {}
+
+
+def register_pass(kind: str, *, needs_data: bool = True) -> Callable[[Callable], Callable]:
+    """Decorator registering ``fn`` as the statistics pass of ``kind``; a second one for a kind is refused."""
+
+    def deco(fn: Callable) -> Callable:
+        refuse_duplicate("statistics pass", kind, _PASSES)
+        _PASSES[kind] = StatsPass(kind=kind, fn=fn, doc=(fn.__doc__ or "").strip(), needs_data=needs_data)
+        return fn
+
+    return deco
+
+
+def get_pass(kind: str) -> StatsPass:
+    """The registered statistics pass of ``kind``; ``KeyError`` listing the kinds on a miss."""
+    if kind not in _PASSES:
+        raise KeyError(f"no statistics pass {kind!r}; available: {', '.join(_PASSES)}")
+    return _PASSES[kind]
+
+
+def pass_kinds() -> List[str]:
+    """The kinds of statistics pass, in registration order (the order :mod:`pruning.score` runs them in)."""
+    return list(_PASSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +113,13 @@ _REGISTRY: Dict[str, Criterion] = {}
 
 def register(name: str, needs: str, *, equivariant: bool = True, requires_classes: bool = False,
              defaults: Mapping[str, Any] | None = None) -> Callable[[Callable], Callable]:
-    """Decorator registering ``fn`` as criterion ``name``; a second registration of a name is refused."""
-    if needs not in NEEDS:
-        raise ValueError(f"needs={needs!r} is not one of {', '.join(NEEDS)}")
+    """Decorator registering ``fn`` as criterion ``name`` served by the pass ``needs``; a second
+    registration of a name is refused."""
+    if needs not in _PASSES:
+        raise ValueError(f"needs={needs!r} is not one of {', '.join(_PASSES)}")
 
     def deco(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise KeyError(f"criterion {name!r} is already registered (by {_REGISTRY[name].fn.__module__}); "
-                           "choose another name")
+        refuse_duplicate("criterion", name, _REGISTRY)
         doc = (fn.__doc__ or "").strip()
         if not doc:
             raise ValueError(f"criterion {name!r} needs a docstring giving its exact definition")
@@ -78,13 +130,8 @@ def register(name: str, needs: str, *, equivariant: bool = True, requires_classe
     return deco
 
 
-def _ensure_loaded() -> None:
-    from . import criteria  # noqa: F401  (registers the built-in criteria on import)
-
-
 def get_criterion(name: str) -> Criterion:
     """The registered criterion ``name``; ``KeyError`` listing the available names on a miss."""
-    _ensure_loaded()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise KeyError(f"no criterion {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -92,5 +139,4 @@ def get_criterion(name: str) -> Criterion:
 
 def list_criteria() -> List[str]:
     """Names of all registered criteria, sorted."""
-    _ensure_loaded()
     return sorted(_REGISTRY)

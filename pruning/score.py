@@ -12,8 +12,9 @@ images per forward/backward on the device: each batch of ``data`` is computed in
 many images, and the scores do not depend on it beyond float rounding (activation and per-image gradient
 statistics are per image; a per-batch gradient, ``taylor``/``sensitivity_batch``, is accumulated over the
 pieces of its batch, so a *batch* is always one batch of ``data``).
-:func:`score_filters_multi` scores several criteria with one collection per kind of statistics: all
-activation criteria share a single forward pass.
+:func:`score_filters_multi` scores several criteria with one collection per kind of statistics pass (the
+passes are registered in :mod:`pruning.registry` by :mod:`pruning.collectors`): all activation criteria
+share a single forward pass.
 """
 from __future__ import annotations
 
@@ -23,10 +24,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from . import gradients, stats as stats_mod
-from .criteria import ensemble
 from .layers import PROTOCOLS, LayerRef, prunable_layers, resolve_layers
-from .registry import Criterion, get_criterion
+from .registry import get_criterion, get_pass, pass_kinds
 from .surgery import eval_mode
 
 log = logging.getLogger(__name__)
@@ -93,20 +92,6 @@ def _pieces(batches: Iterable, micro_batch: Optional[int]) -> Iterator[tuple]:
             yield images[start:stop], None if labels is None else labels[start:stop]
 
 
-def _check_activation_sites(crits: List[Criterion], refs: List[LayerRef]) -> None:
-    """Activation criteria observe the map after each filter's activation; a conv with none after it (a
-    ResNet ``conv3`` or ``downsample`` conv, whose BN output goes into the residual add) would give
-    meaningless scores (APoZ: no zeros at all, so every filter ties and the lowest indices are kept)."""
-    bare = [ref.name for ref in refs if not ref.has_activation]
-    if bare:
-        names = ", ".join(c.name for c in crits)
-        raise ValueError(f"criterion {names} scores the feature map after each filter's activation, but "
-                         f"{', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no activation after "
-                         "the conv/BatchNorm (the output goes to a residual add or straight on); prune such "
-                         "layers with a weight or gradient criterion (l1, sensitivity, taylor, ...) or choose "
-                         "layers that are followed by an activation (e.g. protocol resnet50-16/-32)")
-
-
 def _resolve(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[LayerRef]:
     if isinstance(layers, str):
         if layers not in PROTOCOLS:
@@ -117,31 +102,22 @@ def _resolve(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[LayerR
     return resolve_layers(model, list(layers))
 
 
-def _collect(need: str, crits: List[Criterion], options: Dict[str, dict], model, refs, make_batches, seed,
-             micro_batch: Optional[int] = None):
-    """Run the collection for one kind of statistics; returns ({layer: stats}, num_images)."""
-    if need == "weights":
-        return {ref.name: None for ref in refs}, 0
-    if need == "activations":
-        _check_activation_sites(crits, refs)
-        bins = [int(options[c.name]["bins"]) for c in crits if "bins" in options[c.name]]
-        st = stats_mod.collect_activations(model, refs, _pieces(make_batches(None), micro_batch), bins=bins)
-        return st, st[refs[0].name].num_images
-    if need == "per_image_grad":
-        chunks = {options[c.name]["chunk_size"] for c in crits}
-        st = gradients.collect_per_image(model, refs, _pieces(make_batches(None), micro_batch),
-                                         chunk_size=min(chunks, key=lambda c: c or 1 << 62))
-        return st, st[refs[0].name].num_images
-    if need == "batch_grad":
-        st = gradients.collect_batch(model, refs, make_batches(None), micro_batch=micro_batch)
-        return st, st[refs[0].name].num_images
-    if need == "masks":
-        if len(crits) != 1:
-            raise ValueError("only one mask-based criterion per call")
-        opts = options[crits[0].name]
-        st = ensemble.collect_masks(model, refs, _pieces(make_batches(opts["max_images"]), micro_batch), opts, seed)
-        return st, st[refs[0].name].num_images
-    raise AssertionError(need)  # unreachable: Criterion.needs is validated at registration
+class _ScoringData:
+    """The data of one call as the statistics passes read it (:mod:`pruning.registry`): whole batches or
+    pieces of at most ``micro_batch`` images, filtered by ``classes`` and capped at ``num_images`` (or at a
+    pass's own ``cap`` when the call gives none), on the model's device and in its dtype."""
+
+    def __init__(self, data: Iterable, num_images: Optional[int], classes: Optional[Sequence[int]],
+                 device: torch.device, dtype: torch.dtype, micro_batch: Optional[int]):
+        self.data, self.num_images, self.classes = data, num_images, classes
+        self.device, self.dtype, self.micro_batch = device, dtype, micro_batch
+
+    def batches(self, cap: Optional[int] = None) -> Iterator[tuple]:
+        limit = self.num_images if self.num_images is not None else cap
+        return _batches(self.data, limit, self.classes, self.device, self.dtype)
+
+    def pieces(self, cap: Optional[int] = None) -> Iterator[tuple]:
+        return _pieces(self.batches(cap), self.micro_batch)
 
 
 def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union[str, Sequence[str]],
@@ -174,24 +150,21 @@ def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union
         model.to(device)
     param = next(model.parameters())
     refs = _resolve(model, layers)
-    needs = sorted({c.needs for c in crits}, key=["weights", "activations", "per_image_grad", "batch_grad", "masks"].index)
-    data_needs = [n for n in needs if n != "weights"]
+    needs = sorted({c.needs for c in crits}, key=pass_kinds().index)
+    data_needs = [n for n in needs if get_pass(n).needs_data]
     if data_needs and data is None:
-        raise ValueError(f"criteria {[c.name for c in crits if c.needs != 'weights']} need `data` "
+        raise ValueError(f"criteria {[c.name for c in crits if c.needs in data_needs]} need `data` "
                          "(an iterable of (images, labels) batches)")
     if len(data_needs) > 1 and iter(data) is data:
         raise ValueError("these criteria need several passes over `data`, but it is a one-shot iterator; "
                          "pass a re-iterable (a DataLoader or a list of batches)")
-
-    def make_batches(default_cap: Optional[int]):
-        cap = num_images if num_images is not None else default_cap
-        return _batches(data, cap, classes, param.device, param.dtype)
+    scoring_data = _ScoringData(data, num_images, classes, param.device, param.dtype, micro_batch)
 
     result: Dict[str, Scores] = {}
     with eval_mode(model):
         for need in needs:
             group = [c for c in crits if c.needs == need]
-            collected, used = _collect(need, group, opts, model, refs, make_batches, seed, micro_batch)
+            collected, used = get_pass(need).fn(model, refs, scoring_data, group, opts, seed)
             for c in group:
                 scores = {}
                 for ref in refs:

@@ -10,11 +10,11 @@ batches of Gaussian images, times (median of --repeat runs, after one warm-up ru
 
   forward       : plain forward passes under inference_mode (baseline of the activation pass)
   activations   : one pass with hooks collecting everything mean_activation, apoz, entropy and
-                  scaled_entropy need (pruning.stats.collect_activations, bins 10), then the
+                  scaled_entropy need (pruning.collectors.activations.collect_activations, bins 10), then the
                   entropy of every layer (its histograms are computed once, after the pass)
   train step    : forward + backward of the mean cross-entropy (baseline of the gradient criteria)
-  batch grads   : taylor + sensitivity_batch (pruning.gradients.collect_batch)
-  per-image     : sensitivity, per-image gradients via torch.func.vmap (pruning.gradients.collect_per_image)
+  batch grads   : taylor + sensitivity_batch (pruning.collectors.gradients.collect_batch)
+  per-image     : sensitivity, per-image gradients via torch.func.vmap (pruning.collectors.gradients.collect_per_image)
 
 and prints ms per batch, its baseline's, and the median of the per-run ratios (each measurement is
 interleaved with its baseline so that other processes' load hits both alike; target for activations:
@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pruning import gradients, prunable_layers, resolve_layers, stats
+from pruning import prunable_layers, resolve_layers
+from pruning.collectors import activations as stats, gradients
 from pruning.cost import device_name
 
 

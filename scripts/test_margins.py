@@ -1,17 +1,17 @@
 #!/usr/bin/env python
-"""How far the tests' floating-point-sensitive assertions are from failing (the numbers the README quotes).
+"""How far the tests' floating-point-sensitive assertions are from failing (the numbers docs/development.md quotes).
 
     python scripts/test_margins.py learning       # learning outcomes, over threads 1-2 x seeds 0..7 (~5 CPU-min)
     python scripts/test_margins.py global-batch   # weights after 1 rank, 1 rank x 2 accumulation, 2 Gloo ranks
 
-``learning`` recomputes the quantity each learning-outcome assertion of ``tests/test_loop.py`` and
-``tests/test_loop_train.py`` checks, with 1 and 2 torch threads and data/init/pretraining/loop seed ``k`` in
+``learning`` recomputes the quantity each learning-outcome assertion of ``tests/pruning/test_loop.py`` and
+``tests/pruning/test_loop_train.py`` checks, with 1 and 2 torch threads and data/init/pretraining/loop seed ``k`` in
 0..7 (``k = 0`` is the tests' own setting), and prints per assertion the worst and mean margin (quantity -
 threshold; > 0 passes) and how many of the 16 fail.  Floating-point results of training differ between
 CPUs (Intel vs AMD kernels) and thread counts; a margin wide compared with this spread is what lets a test
 hold on any machine.  The old one-seed form of ``test_per_layer_finetuning_recovers`` is measured too.
 
-``global-batch`` runs ``tests/test_global_batch.py``'s three settings and prints the largest absolute weight
+``global-batch`` runs ``tests/pruning/test_global_batch.py``'s three settings and prints the largest absolute weight
 difference to the single-rank run (the tolerance that test asserts is 1e-4).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def learning() -> None:
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for k in range(8):
-            data = synthetic_splits(6, 24, 8, 8, size=24, seed=k, noise=30.0)  # tests/test_loop.py's data
+            data = synthetic_splits(6, 24, 8, 8, size=24, seed=k, noise=30.0)  # tests/pruning/test_loop.py's data
             state = pretrain(make_model("tinyvgg", 6, seed=k), data[0], epochs=5, lr=0.05, batch_size=16,
                              seed=k).state_dict()
 
@@ -72,7 +72,7 @@ def learning() -> None:
             r["per-layer: mean gain over p=0 > 0.1"] = statistics.mean(gain) - 0.1
             r["per-layer: mean recovered > 0.1"] = statistics.mean(rec) - 0.1
             r["per-layer: seeds with gain > 0 (>= 2 of 3)"] = sum(g > 0 for g in gain) - 1.5
-            # tests/test_loop_train.py: bf16 evaluation within 5% of fp32 (relative loss difference)
+            # tests/pruning/test_loop_train.py: bf16 evaluation within 5% of fp32 (relative loss difference)
             fast, plain = Runtime(torch.device("cpu"), amp=True, channels_last=True), Runtime(torch.device("cpu"))
             ds = synthetic_dataset(4, 8, size=16, seed=k)
             model = fast.prepare(make_model("tinyvgg", 4, seed=k))

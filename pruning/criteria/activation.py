@@ -1,4 +1,4 @@
-"""Criteria computed from activation statistics (:mod:`pruning.stats`), all collected in one pass.
+"""Criteria computed from activation statistics (:mod:`pruning.collectors.activations`), all collected in one pass.
 
 ``a[n, c, h, w]`` is the feature map of filter c after its BatchNorm and activation when they follow it,
 ``s[n, c]`` its spatial average over positions (h, w) for image n, N the number of images.
@@ -30,7 +30,7 @@ def entropy(layer, stats, options, seed):
     paper's item 3): the counts are exactly ``numpy.histogram(s[:, c], bins=bins)`` (last bin closed; a
     constant filter gets numpy's range ``(v - 0.5, v + 0.5)``, so E = 0), whatever the batching of the
     images.  The averages s are kept on the device until the end (``4 N C`` bytes per layer;
-    :mod:`pruning.stats`)."""
+    :mod:`pruning.collectors.activations`)."""
     return stats.entropy(int(options["bins"]))
 
 

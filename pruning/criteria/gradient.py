@@ -1,4 +1,4 @@
-"""Criteria computed from loss gradients (:mod:`pruning.gradients`); cross-entropy loss, eval mode."""
+"""Criteria computed from loss gradients (:mod:`pruning.collectors.gradients`); cross-entropy loss, eval mode."""
 from __future__ import annotations
 
 from ..registry import register

@@ -52,7 +52,8 @@ class LoopConfig:
     """Everything that determines the numbers of one prune-and-fine-tune run.
 
     Pruning
-      ``criterion``: a name from ``pruning.list_criteria()``; ``criterion_options``:
+      ``criterion``: a name from ``pruning.list_criteria()``, or None for a run that prunes
+      nothing (``ratio`` 0: the unpruned baseline, or a network trained as it is); ``criterion_options``:
       its options (e.g. ``{"bins": 20}`` for entropy), passed to ``score_filters``.
       ``ratio``: fraction of filters removed from each target layer (the paper's
       m%: 0.25, 0.5, 0.75).  ``0`` runs no layer step (the unpruned baseline,
@@ -99,7 +100,7 @@ class LoopConfig:
       ``seed``: seeds shuffling, random criteria and initialisation of any RNG.
     """
 
-    criterion: str
+    criterion: str | None
     ratio: float
     criterion_options: dict | None = None
     layers: str | tuple[str, ...] = "all"
@@ -129,8 +130,12 @@ class LoopConfig:
     version: int = field(default=CONFIG_VERSION)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.criterion, str) or not self.criterion:
-            raise ValueError(f"criterion must be a non-empty name, got {self.criterion!r}")
+        if self.criterion is None:
+            if float(self.ratio) != 0.0:
+                raise ValueError(f"criterion=None (no pruning) needs ratio=0, got ratio={self.ratio}; name a criterion "
+                                 "from pruning.list_criteria() to prune")
+        elif not isinstance(self.criterion, str) or not self.criterion:
+            raise ValueError(f"criterion must be a non-empty name, or None for no pruning, got {self.criterion!r}")
         if self.criterion_options is not None and not isinstance(self.criterion_options, dict):
             raise ValueError(f"criterion_options must be a dict or None, got {self.criterion_options!r}")
         if not 0.0 <= float(self.ratio) < 1.0:
@@ -243,9 +248,17 @@ class RunOptions:
     stop_after: int | None = None
 
 
+#: How a run's identity spells "no criterion": what runs written before it was modelled as None used, so
+#: their run directories still resume.
+NO_CRITERION = "none"
+
+
 def run_hash(config: LoopConfig, meta: dict | None = None) -> str:
     """Identity of a run: SHA-256 (16 hex digits) of the canonical JSON of the loop
     config plus the caller's ``meta`` (model name, data, class set...: anything
     JSON-serialisable that defines the experiment but is not a loop option)."""
-    blob = json.dumps({"loop": config.to_dict(), "meta": meta or {}}, sort_keys=True, separators=(",", ":"))
+    loop = config.to_dict()
+    if loop["criterion"] is None:
+        loop["criterion"] = NO_CRITERION
+    blob = json.dumps({"loop": loop, "meta": meta or {}}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

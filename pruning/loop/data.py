@@ -1,4 +1,4 @@
-"""Data streams for the loop: any torch data in, counted batches out.
+"""Data streams for the engine: any torch data in, counted batches out (:class:`DataStream`).
 
 :class:`DataStream` wraps either
 
@@ -34,6 +34,8 @@ from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from .rng import rng_preserved
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +158,21 @@ class DataStream:
         if self._pass_images is None:
             log.warning("%s: counting images in one pass (give pass_images to skip this)", self.name)
             self._keyed = False
-            from .checkpoint import rng_state, set_rng_state
-            saved = rng_state()  # transforms may draw random numbers: counting must not move the RNGs
-            try:
+            with rng_preserved():  # transforms may draw random numbers: counting must not move the RNGs
                 local = sum(len(y) for _, y in self.batches(0))
-            finally:
-                set_rng_state(saved)
             full = local * self.world
             if full < 1:
                 raise ValueError(f"{self.name}: no images left after classes={self.classes}")
             # keyed selection already applied the fraction while counting
             self._pass_images = full if self._keyed else max(1, round(self.fraction * full))
         return self._pass_images
+
+    def set_pass_images(self, n: int) -> None:
+        """Take ``n`` as :attr:`pass_images` (a count an earlier run of the same data made and stored), so a
+        resumed run does not count it again."""
+        if int(n) < 1:
+            raise ValueError(f"{self.name}: pass_images={n} must be >= 1")
+        self._pass_images = int(n)
 
     def batches(self, pass_index: int, budget: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of pass ``pass_index``; at most ``budget`` images in total over ranks."""

@@ -28,264 +28,122 @@ final LR is constant (``schedule="constant"``; None otherwise, with ``epochs_to_
 saying why: an annealed LR puts every peak near the last epoch); ``epochs_to_baseline`` = the first
 final epoch at or above the unpruned baseline's top-1 (None if never).
 
-Run directory (written by rank 0): ``config.json``, ``events.jsonl``,
-``checkpoints/last.pt``, ``model/plan.json`` + ``model/weights.pt``,
+Run directory (written by rank 0; :mod:`pruning.loop.rundir`): ``config.json``, ``events.jsonl``,
+``checkpoints/last.pt``, ``model/plan.json`` + ``model/state_dict.pt``,
 ``timing.json`` and, last, ``summary.json`` (its presence means complete).
 Everything in ``summary.json`` and ``events.jsonl`` except the ``timing``
 fields is a deterministic function of the config, the data and the seed.
+
+This module opens a run (:class:`~pruning.loop.context.RunContext`), starts or resumes its
+:class:`~pruning.loop.state.LoopState`, and runs the stages (:mod:`pruning.loop.stages`,
+:mod:`pruning.loop.summary`).  The algorithm's page: docs/algorithm1.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
-from . import steps as S
+from . import stages
 from .config import LoopConfig, RunOptions, run_hash
+from .context import RunContext
 from .data import DataStream, dist_info
-from .evaluate import evaluate
+from .rng import set_rng_state
+from .rundir import RunDir, state_from_checkpoint
+from .stages import Stopped  # noqa: F401  (re-exported)
+from .state import LoopState
+from .summary import PEAK_TOL, finish  # noqa: F401  (PEAK_TOL re-exported)
 from .train import Runtime
 
 log = logging.getLogger(__name__)
 
-from .steps import PEAK_TOL  # noqa: E402,F401  (re-exported)
+
+def _open(model: nn.Module, config: LoopConfig, train_data, val_data, test_data=None, score_data=None,
+          out_dir=None, options: RunOptions | None = None, meta: dict | None = None, logit_subset=None,
+          train_pass_images: int | None = None, batch_transform=None, score_head=None) -> RunContext:
+    """Check the config against the registry, choose the device, and open the data streams."""
+    opts = options or RunOptions()
+    if config.ratio > 0:
+        import pruning
+        pruning.get_criterion(config.criterion)  # an unknown name fails now, listing the valid ones
+        if isinstance(config.layers, str) and config.layers not in pruning.PROTOCOLS:
+            raise ValueError(f"layers={config.layers!r} is not a protocol ({', '.join(pruning.PROTOCOLS)}); "
+                             "give a protocol or a list of conv names")
+    meta = dict(meta or {})
+    rank, world = dist_info()
+    runtime = Runtime.create(opts.device, opts.amp, opts.channels_last, opts.deterministic)
+    if batch_transform is not None:
+        runtime.normalize = batch_transform.to(runtime.device) if isinstance(
+            batch_transform, nn.Module) else batch_transform
+    micro = config.micro_batch(world)  # batch_size is global: split over ranks and accumulation
+    _check_loader_batch(train_data, micro, config, world)
+    kw = dict(num_workers=opts.num_workers, pin_memory=runtime.is_cuda)
+    train = DataStream(train_data, micro, config.classes, config.data_fraction, config.seed,
+                       shuffle=True, pass_images=train_pass_images, name="train", **kw)
+    train_final = train
+    if config.effective_final_data_fraction != config.data_fraction:
+        train_final = DataStream(train_data, micro, config.classes, config.effective_final_data_fraction,
+                                 config.seed, shuffle=True, pass_images=train_pass_images,
+                                 name="train (final)", **kw)
+    val = DataStream(val_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="val", **kw)
+    test = (None if test_data is None else
+            DataStream(test_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="test", **kw))
+    # scoring reads batches of the global batch_size (rank 0 only; pieces of `micro` on the device)
+    score = DataStream(train_data if score_data is None else score_data, config.batch_size,
+                       config.effective_score_classes, 1.0, config.seed + 1, shuffle=True,
+                       name="score", split_ranks=False, **kw)
+    return RunContext(config=config, options=opts, meta=meta, run_hash=run_hash(config, meta), world=world,
+                      is_main=rank == 0, runtime=runtime, out=RunDir(out_dir, rank == 0, world), model=model,
+                      train=train, train_final=train_final, val=val, test=test, score=score, micro=micro,
+                      logit_subset=None if logit_subset is None else [int(c) for c in logit_subset],
+                      score_head=score_head)
 
 
-class Stopped(RuntimeError):
-    """Raised when ``RunOptions.stop_after`` checkpoints have been written (test hook)."""
+def _resume(ctx: RunContext, ck: dict) -> LoopState:
+    """The state of checkpoint ``ck``, with the model rebuilt (plans replayed, weights loaded), the events
+    file cut back to the checkpoint, and every RNG as it was."""
+    state = state_from_checkpoint(ck)
+    rec = state.record
+    if rec.train_pass_images:
+        ctx.train.set_pass_images(rec.train_pass_images)
+    if rec.final_pass_images:
+        ctx.train_final.set_pass_images(rec.final_pass_images)
+    example = stages.example_input(rec.input_size)
+    for plan in state.plans:
+        stages.apply(ctx.model, plan, example)
+    ctx.model.load_state_dict(ck["model"])
+    ctx.runtime.prepare(ctx.model)
+    ctx.out.truncate_events(state.events_written)
+    set_rng_state(ck["rng"])
+    log.info("resumed %s at %s", ctx.out.path, state.position)
+    return state
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _tqdm(total, desc, enabled, unit="it"):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False, dynamic_ncols=True)
-
-
-class Loop:
-    """One run.  Use :func:`run_loop` / :func:`pruning.prune_finetune` rather than this class."""
-
-    def __init__(self, model: nn.Module, config: LoopConfig, train_data, val_data, test_data=None,
-                 score_data=None, out_dir=None, options: RunOptions | None = None, meta: dict | None = None,
-                 logit_subset=None, train_pass_images: int | None = None, batch_transform=None,
-                 score_head=None):
-        self.cfg, self.opts = config, options or RunOptions()
-        if config.ratio > 0:
-            import pruning
-            pruning.get_criterion(config.criterion)  # an unknown name fails now, listing the valid ones
-            if isinstance(config.layers, str) and config.layers not in pruning.PROTOCOLS:
-                raise ValueError(f"layers={config.layers!r} is not a protocol ({', '.join(pruning.PROTOCOLS)}); "
-                                 "give a protocol or a list of conv names")
-        self.meta = dict(meta or {})
-        self.hash = run_hash(config, self.meta)
-        self.rank, self.world = dist_info()
-        self.main = self.rank == 0
-        self.runtime = Runtime.create(self.opts.device, self.opts.amp, self.opts.channels_last,
-                                      self.opts.deterministic)
-        if batch_transform is not None:
-            self.runtime.normalize = batch_transform.to(self.runtime.device) if isinstance(
-                batch_transform, nn.Module) else batch_transform
-        self.out = None if out_dir is None else Path(out_dir)
-        self.logit_subset = None if logit_subset is None else [int(c) for c in logit_subset]
-        micro = config.micro_batch(self.world)  # batch_size is global: split over ranks and accumulation
-        _check_loader_batch(train_data, micro, config, self.world)
-        self.micro = micro
-        self.score_head = score_head
-        pin = self.runtime.is_cuda
-        kw = dict(num_workers=self.opts.num_workers, pin_memory=pin)
-        self.train = DataStream(train_data, micro, config.classes, config.data_fraction, config.seed,
-                                shuffle=True, pass_images=train_pass_images, name="train", **kw)
-        self.train_final = self.train
-        if config.effective_final_data_fraction != config.data_fraction:
-            self.train_final = DataStream(train_data, micro, config.classes, config.effective_final_data_fraction,
-                                          config.seed, shuffle=True, pass_images=train_pass_images,
-                                          name="train (final)", **kw)
-        self.val = DataStream(val_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="val", **kw)
-        self.test = (None if test_data is None else
-                     DataStream(test_data, micro, config.classes, 1.0, config.seed, shuffle=False, name="test", **kw))
-        # scoring reads batches of the global batch_size (rank 0 only; pieces of `micro` on the device)
-        self.score = DataStream(train_data if score_data is None else score_data, config.batch_size,
-                                config.effective_score_classes, 1.0, config.seed + 1, shuffle=True,
-                                name="score", split_ranks=False, **kw)
-        self.model = model
-        self.n_checkpoints = 0
-        # bookkeeping that goes into checkpoints (JSON-able)
-        self.rec: dict = {"baseline": None, "steps": [], "final": [], "partial": None, "best": None,
-                          "test": None, "layers": None, "input_size": None}
-        self.pos = {"stage": "baseline", "step": 0, "chunk": 0, "pass_index": 0}
-        self.plans: list = []
-        self.best_state = None
-        self.optimizer = None
-        self.events_written = 0
-        self.timing: dict = {"steps": [], "final": []}
-
-    # ---------------------------------------------------------------- files
-    def _event(self, kind: str, timing: dict | None = None, **fields) -> None:
-        ev = {"event": kind, **fields}
-        if timing is not None:
-            ev["timing"] = timing
-        if self.main and self.out is not None:
-            with open(self.out / "events.jsonl", "a") as f:
-                f.write(json.dumps(ev, sort_keys=True) + "\n")
-        self.events_written += 1
-        log.info("%s %s", kind, {k: v for k, v in fields.items() if not isinstance(v, (list, dict))})
-
-    def _checkpoint(self, tag: str | None = None) -> None:
-        if self.out is not None:
-            if self.main:
-                payload = {
-                    "run_hash": self.hash, "position": dict(self.pos),
-                    "plans": json.dumps(self.plans), "model": ckpt.state_dict_cpu(self.model),
-                    "optimizer": None if self.optimizer is None else ckpt.optimizer_state_cpu(self.optimizer),
-                    "best_state": self.best_state, "rng": ckpt.rng_state(),
-                    "events": self.events_written, "state": json.dumps(self.rec),
-                    "timing": json.dumps(self.timing),
-                }
-                ckpt.save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
-                if tag and self.opts.keep_step_checkpoints:
-                    ckpt.save_checkpoint(self.out / "checkpoints" / f"{tag}.pt", payload)
-            if self.world > 1:
-                torch.distributed.barrier()
-        self.n_checkpoints += 1
-        if self.opts.stop_after is not None and self.n_checkpoints >= self.opts.stop_after:
-            raise Stopped(f"stopped after {self.n_checkpoints} checkpoints (RunOptions.stop_after)")
-
-    def _restore(self, ck: dict) -> None:
-        self.pos = dict(ck["position"])
-        self.rec = json.loads(ck["state"])
-        self.timing = json.loads(ck.get("timing") or '{"steps": [], "final": []}')
-        self.plans = json.loads(ck["plans"])
-        if self.rec.get("train_pass_images"):
-            self.train._pass_images = int(self.rec["train_pass_images"])
-        if self.rec.get("final_pass_images"):
-            self.train_final._pass_images = int(self.rec["final_pass_images"])
-        example = S.example_input(self.rec["input_size"])
-        for plan in self.plans:
-            S.apply(self.model, plan, example)
-        self.model.load_state_dict(ck["model"])
-        self.runtime.prepare(self.model)
-        self.best_state = ck.get("best_state")
-        self._opt_state = ck.get("optimizer")
-        self.events_written = int(ck["events"])
-        if self.main:
-            ev = self.out / "events.jsonl"
-            lines = ev.read_text().splitlines(keepends=True) if ev.exists() else []
-            if len(lines) < self.events_written:
-                raise ValueError(f"{ev} has {len(lines)} lines but the checkpoint expects "
-                                 f"{self.events_written}; the run directory was modified")
-            ev.write_text("".join(lines[:self.events_written]))
-        ckpt.set_rng_state(ck["rng"])
-        log.info("resumed %s at %s", self.out, self.pos)
-
-    def _prepare_dir(self, resume: bool) -> dict | None:
-        """Create/validate the run directory; return the checkpoint to resume from (or None)."""
-        if self.out is None:
-            if resume:
-                raise ValueError("resume=True needs out_dir")
-            return None
-        cfg_json = {"run_hash": self.hash, "config_hash": self.cfg.hash(), "config": self.cfg.to_dict(),
-                    "meta": self.meta, "world_size": self.world}
-        last = self.out / "checkpoints" / "last.pt"
-        existing = self.out / "config.json"
-        if existing.exists():
-            old = json.loads(existing.read_text())
-            if old.get("run_hash") != self.hash:
-                raise ValueError(f"{self.out} holds run {old.get('run_hash')} with another configuration; "
-                                 f"use a new --out directory")
-            if not resume:
-                raise ValueError(f"{self.out} already holds this run; pass resume=True (--resume) to continue "
-                                 f"it, or use a new directory")
-        if self.world > 1:
-            torch.distributed.barrier()  # every rank has checked the directory before rank 0 writes
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            _write_json(existing, cfg_json)
-            if not last.exists():
-                (self.out / "events.jsonl").write_text("")
-        if self.world > 1:
-            torch.distributed.barrier()
-        if resume and last.exists():
-            return ckpt.load_checkpoint(last, self.hash)
-        return None
-
-    # ---------------------------------------------------------------- run
-    def run(self, resume: bool = False) -> dict:
-        if self.out is not None and (self.out / "summary.json").exists():
-            if not resume:
-                raise ValueError(f"{self.out} holds a complete run (summary.json); use a new directory")
-            log.info("%s is complete; returning its summary", self.out)
-            return json.loads((self.out / "summary.json").read_text())
-        torch.manual_seed(self.cfg.seed)
-        ck = self._prepare_dir(resume)
-        self._opt_state = None
-        if ck is not None:
-            self._restore(ck)
-        else:
-            self.runtime.prepare(self.model)
-            self._baseline()
-        t0 = time.perf_counter()
-        if self.pos["stage"] == "steps":
-            self._steps()
-        if self.pos["stage"] == "final":
-            self._final()
-        summary = self._finish()
-        log.info("run %s done in %.1fs", self.hash, time.perf_counter() - t0)
-        return summary
-
-    def _val(self) -> dict:
-        return evaluate(self.model, self.val, self.runtime, self.logit_subset)
-
-    def _baseline(self) -> None:
-        for x, _ in self.val.batches(0):  # the first batch tells the input size
-            break
-        else:
-            raise ValueError("val data yielded no images on this rank")
-        self.rec["input_size"] = list(x.shape[1:])
-        names = S.target_layers(self.model, self.cfg)
-        self.rec["layers"] = names
-        t = time.perf_counter()
-        acc = self._val()
-        cost = S.cost(self.model, self.rec["input_size"])
-        self.rec["baseline"] = {"val": acc, **cost}
-        self.rec["train_pass_images"] = self.train.pass_images  # stored: never counted again on resume
-        self.rec["final_pass_images"] = self.train_final.pass_images
-        self._event("baseline", timing={"wall_s": round(time.perf_counter() - t, 4)}, val=acc, layers=names,
-                    train_images_per_epoch=self.train.pass_images, **cost)
-        self.pos = {"stage": "steps" if self.cfg.ratio > 0 else "final", "step": 0, "chunk": 0, "pass_index": 0}
-        self._checkpoint("baseline")
-
-    def _steps(self) -> None:
-        one_shot = self.cfg.one_shot
-        groups = [self.rec["layers"]] if one_shot else [[n] for n in self.rec["layers"]]
-        bar = _tqdm(len(groups), "layer steps", self.opts.progress and self.main)
-        bar.update(self.pos["step"])
-        while self.pos["step"] < len(groups):
-            i = self.pos["step"]
-            S.run_step(self, i, groups[i], p=0.0 if one_shot else self.cfg.p)
-            bar.update(1)
-        bar.close()
-        self.pos = {"stage": "final", "step": len(groups), "chunk": 0, "pass_index": self.pos["pass_index"]}
-
-    def _final(self) -> None:
-        S.run_final(self)
-
-    def _finish(self) -> dict:
-        summary = S.finish(self)
-        if self.main and self.out is not None:
-            _write_json(self.out / "timing.json", self.timing)
-            _write_json(self.out / "summary.json", summary)
-        return summary
+def _run(ctx: RunContext, resume: bool) -> dict:
+    """Start or resume the run, run its remaining stages, write the results; returns the summary."""
+    done = ctx.out.completed_summary(resume)
+    if done is not None:
+        return done
+    torch.manual_seed(ctx.config.seed)
+    ck = ctx.out.prepare(ctx.run_hash, ctx.config, ctx.meta, resume)
+    if ck is not None:
+        state = _resume(ctx, ck)
+    else:
+        state = LoopState()
+        ctx.runtime.prepare(ctx.model)
+        stages.baseline(ctx, state)
+    t0 = time.perf_counter()
+    if state.position.stage == "steps":
+        stages.layer_steps(ctx, state)
+    if state.position.stage == "final":
+        stages.final_finetune(ctx, state)
+    summary = finish(ctx, state)
+    ctx.out.write_results(state.timing.to_dict(), summary)
+    log.info("run %s done in %.1fs", ctx.run_hash, time.perf_counter() - t0)
+    return summary
 
 
 def _check_loader_batch(data, micro: int, config: LoopConfig, world: int) -> None:
@@ -324,8 +182,9 @@ def run_loop(model: nn.Module, config: LoopConfig, train_data, val_data, test_da
     as ``train_data`` must have ``batch_size = config.micro_batch(world size)``
     (refused otherwise); map-style datasets are batched by the loop.
     """
-    return Loop(model, config, train_data, val_data, test_data, score_data, out_dir, options, meta,
-                logit_subset, train_pass_images, batch_transform, score_head).run(resume)
+    ctx = _open(model, config, train_data, val_data, test_data, score_data, out_dir, options, meta,
+                logit_subset, train_pass_images, batch_transform, score_head)
+    return _run(ctx, resume)
 
 
 def prune_finetune(model: nn.Module, criterion: str, ratio: float, layers="all", train_data=None, val_data=None,

@@ -26,8 +26,8 @@ import logging
 import torch
 from torch import nn
 
-from .checkpoint import rng_state, set_rng_state
 from .data import DataStream
+from .rng import rng_preserved
 from .train import Runtime, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,8 @@ def evaluate(model: nn.Module, stream: DataStream, runtime: Runtime, logit_subse
     when) it starts workers, so without this the training randomness would
     depend on whether a persistent loader was already running (e.g. after a resume).
     """
-    saved = rng_state()
-    try:
+    with rng_preserved():
         return _evaluate(model, stream, runtime, logit_subset, pass_index, budget, progress)
-    finally:
-        set_rng_state(saved)
 
 
 def _evaluate(model, stream, runtime, logit_subset, pass_index, budget, progress) -> dict:

@@ -1,4 +1,5 @@
-"""Model factory for the prune-and-fine-tune loop.
+"""Models for the engine: the model factory (``make_model``, ``register_model``), class-subset classifiers
+(``restrict_classifier``) and the starting model's full head for scoring (``FullHead``).
 
 ``make_model(name, num_classes)`` returns a torchvision model by name (random
 initialisation, or a ``state_dict`` file for pretrained weights: this package
@@ -22,6 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..registry import refuse_duplicate
+
 log = logging.getLogger(__name__)
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
@@ -31,8 +34,7 @@ def register_model(name: str):
     """Decorator registering a model constructor ``fn(num_classes) -> nn.Module``; refuses duplicates."""
 
     def deco(fn):
-        if name in _FACTORIES:
-            raise ValueError(f"model {name!r} is already registered")
+        refuse_duplicate("model", name, _FACTORIES)
         _FACTORIES[name] = fn
         return fn
 

@@ -1,4 +1,5 @@
-"""Gradient statistics of the loss with respect to each target filter.
+"""The ``"per_image_grad"`` and ``"batch_grad"`` passes: gradient statistics of the loss with respect to each
+target filter.
 
 The loss is cross-entropy of the model's logits against the batch labels; the model is in eval mode
 (BatchNorm uses running statistics, no dropout), so the loss of an image does not depend on the other
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LayerRef
+from ..layers import LayerRef
+from ..registry import register_pass
 
 
 @dataclasses.dataclass
@@ -136,3 +138,18 @@ def collect_batch(model: nn.Module, refs: List[LayerRef], batches: Iterable,
                 st.num_images += images.shape[0]
                 st.num_batches += 1
     return stats
+
+
+@register_pass("per_image_grad")
+def per_image_pass(model, refs, data, group, options, seed):
+    """Per-image gradients over the pieces of the data, ``chunk_size`` the smallest the group asks for."""
+    chunks = {options[c.name]["chunk_size"] for c in group}
+    stats = collect_per_image(model, refs, data.pieces(), chunk_size=min(chunks, key=lambda c: c or 1 << 62))
+    return stats, stats[refs[0].name].num_images
+
+
+@register_pass("batch_grad")
+def batch_pass(model, refs, data, group, options, seed):
+    """Per-batch gradients over whole batches of the data (accumulated over pieces of ``micro_batch``)."""
+    stats = collect_batch(model, refs, data.batches(), micro_batch=data.micro_batch)
+    return stats, stats[refs[0].name].num_images

@@ -147,6 +147,14 @@ def test_stream_errors():
         DataStream(_data(), 8, classes=(9,))
 
 
+def test_a_stored_pass_count_is_taken_without_counting_again():
+    stream = DataStream([(x, y) for x, y in DataStream(_data(), 8).batches(0)], classes=(0, 1))
+    stream.set_pass_images(5)  # what a resumed run sets from its checkpoint: no counting pass
+    assert stream.pass_images == 5
+    with pytest.raises(ValueError, match="pass_images=0"):
+        stream.set_pass_images(0)
+
+
 def test_cuda_code_path_logic_on_cpu():
     """bf16 autocast + channels_last (the CUDA settings) through training, surgery and evaluation, on CPU."""
     import pruning

@@ -172,7 +172,7 @@ def test_no_sync_per_batch_on_cuda():
     evaluation, an activation-statistics pass and the loop's class-specific scoring does not grow with the
     number of batches."""
     from pruning.layers import resolve_layers
-    from pruning.stats import collect_activations
+    from pruning.collectors.activations import collect_activations
     rt = Runtime.create("cuda")
     torch.backends.cudnn.benchmark = False  # no autotuning of batch sizes the warm-up did not see
     model = rt.prepare(make_model("tinyvgg", 10, seed=0))
@@ -193,9 +193,9 @@ def test_no_sync_per_batch_on_cuda():
 
     def scoring(d):  # the loop's class-specific scoring path: pre-filtered stream, host labels
         import pruning
-        from pruning.loop.steps import _Batches
+        from pruning.loop.scoring import ScoringBatches
         stream = DataStream(d, classes=[1, 3, 5], shuffle=False)
-        pruning.score_filters(model, "class_specific", ["features.4"], _Batches(stream, 0, None, rt, 8), classes=[1, 3, 5])
+        pruning.score_filters(model, "class_specific", ["features.4"], ScoringBatches(stream, 0, None, rt, 8), classes=[1, 3, 5])
 
     for fn in (train, stats, val, scoring):
         fn(data(2))  # warm-up: lazy initialisation may synchronise once
@@ -209,13 +209,13 @@ def test_class_specific_scoring_in_the_loop_never_masks_a_device_batch(prefilter
     (which checks host labels) leaves the device images alone; a mask on device images needs ``nonzero``,
     a sync.  Control: a stream that does not pre-filter makes the same filter mask the device batch."""
     import pruning
-    from pruning.loop.steps import _Batches
+    from pruning.loop.scoring import ScoringBatches
     rt = Runtime(torch.device("cpu"), amp=True, channels_last=True)
     model = make_model("tinyvgg", 10, seed=0).eval()
     subset = [1, 3, 5]
     device_images, masked = set(), []
 
-    class Tracked(_Batches):
+    class Tracked(ScoringBatches):
         def __iter__(self):
             for x, y in super().__iter__():
                 device_images.add(x.data_ptr())  # what the loop puts on the device

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.registry import get_criterion, register
+from pruning.registry import get_criterion, get_pass, pass_kinds, register, register_pass
 
 
 class TinyVGG(nn.Module):
@@ -63,13 +63,33 @@ def test_every_criterion_of_the_issue_is_registered():
 def test_criteria_document_their_definition(name):
     crit = get_criterion(name)
     assert crit.name == name and len(crit.doc) > 60
-    assert crit.needs in ("weights", "activations", "per_image_grad", "batch_grad", "masks")
+    assert crit.needs in pass_kinds()
+
+
+def test_each_kind_of_statistics_pass_is_registered_once_in_the_collectors():
+    assert pass_kinds() == ["weights", "activations", "per_image_grad", "batch_grad", "masks"]
+    for kind in pass_kinds():
+        stats_pass = get_pass(kind)
+        assert stats_pass.kind == kind and stats_pass.fn.__module__.startswith("pruning.collectors.")
+        assert stats_pass.needs_data == (kind != "weights") and stats_pass.doc
+    with pytest.raises(KeyError, match="available: weights"):
+        get_pass("hessian")
 
 
 def test_duplicate_registration_is_refused():
-    with pytest.raises(KeyError, match="already registered"):
+    with pytest.raises(ValueError, match=r"criterion 'l1' is already registered \(by pruning.criteria.weight\)"):
         register("l1", "weights")(lambda layer, stats, options, seed: None)
     assert get_criterion("l1").fn.__name__ == "l1_norm"
+    with pytest.raises(ValueError, match=r"statistics pass 'masks' is already registered \(by pruning.collectors.masks\)"):
+        register_pass("masks")(lambda model, refs, data, group, options, seed: ({}, 0))
+    assert get_pass("masks").fn.__name__ == "masks_pass"
+
+
+def test_every_registry_refuses_a_duplicate_with_the_same_error():
+    from pruning.loop.models import register_model
+    with pytest.raises(ValueError, match=r"model 'tinyvgg' is already registered \(by pruning.loop.models\); "
+                                         "choose another name"):
+        register_model("tinyvgg")(lambda num_classes: None)
 
 
 def test_unknown_criterion_lists_the_available_ones():
@@ -94,3 +114,48 @@ def test_helpers_build_models_with_varied_batchnorm():
     assert bn.bias.min() < 0 < bn.bias.max() and not torch.allclose(bn.weight, torch.ones_like(bn.weight))
     data = batches(2, 3)
     assert len(data) == 2 and data[0][0].shape == (3, 3, 32, 32) and torch.equal(data[1][0], batches(2, 3)[1][0])
+
+
+def _library_imports() -> dict:
+    """``{module: modules of pruning it imports}`` (anywhere in the file, lazy imports included; importing a
+    package a module is inside of is not counted: Python loads it first anyway)."""
+    import ast
+    from pathlib import Path
+    root = Path(pruning.__file__).parent
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = ("pruning",) + path.relative_to(root).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                found |= {base} | {f"{base}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m in names and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_the_library_has_no_import_circle():
+    graph, done, path = _library_imports(), set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError(" -> ".join(path[path.index(module):] + [module]))
+        if module not in done:
+            path.append(module)
+            for nxt in sorted(graph[module]):
+                visit(nxt)
+            path.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    assert "pruning.criteria" not in graph["pruning.registry"] and graph["pruning.registry"] == set()

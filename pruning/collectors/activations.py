@@ -1,4 +1,5 @@
-"""Activation statistics for every target layer, collected by forward hooks in one pass over the data.
+"""The ``"activations"`` pass: activation statistics for every target layer, collected by forward hooks in one
+pass over the data (all activation criteria share it).
 
 For a target conv with ``C`` filters, let ``a[n, c, h, w]`` be the feature map observed at its site
 (after its BatchNorm and activation when they follow it; :mod:`pruning.layers`) for image ``n``, and
@@ -48,7 +49,8 @@ from typing import Dict, Iterable, Iterator, List, Sequence
 
 import torch
 
-from .layers import LayerRef
+from ..layers import LayerRef
+from ..registry import register_pass
 
 
 _CHUNK = 1 << 22  # values (images x filters) processed at once by the lazy histogram computation
@@ -279,3 +281,26 @@ def collect_activations(model: torch.nn.Module, refs: List[LayerRef], batches: I
         for images, _labels in batches:
             model(images)
     return stats
+
+
+def _check_sites(group, refs: List[LayerRef]) -> None:
+    """Activation criteria observe the map after each filter's activation; a conv with none after it (a
+    ResNet ``conv3`` or ``downsample`` conv, whose BN output goes into the residual add) would give
+    meaningless scores (APoZ: no zeros at all, so every filter ties and the lowest indices are kept)."""
+    bare = [ref.name for ref in refs if not ref.has_activation]
+    if bare:
+        names = ", ".join(c.name for c in group)
+        raise ValueError(f"criterion {names} scores the feature map after each filter's activation, but "
+                         f"{', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no activation after "
+                         "the conv/BatchNorm (the output goes to a residual add or straight on); prune such "
+                         "layers with a weight or gradient criterion (l1, sensitivity, taylor, ...) or choose "
+                         "layers that are followed by an activation (e.g. protocol resnet50-16/-32)")
+
+
+@register_pass("activations")
+def activations_pass(model, refs, data, group, options, seed):
+    """One forward pass over the pieces of the data with every histogram bin count the group asks for."""
+    _check_sites(group, refs)
+    bins = [int(options[c.name]["bins"]) for c in group if "bins" in options[c.name]]
+    stats = collect_activations(model, refs, data.pieces(), bins=bins)
+    return stats, stats[refs[0].name].num_images

@@ -124,7 +124,7 @@ def test_scores_permute_with_the_filters():
 
 
 def _capture(model, sites, x):
-    """Feature maps at the given modules (our own hooks, independent of pruning.stats)."""
+    """Feature maps at the given modules (our own hooks, independent of pruning.collectors)."""
     got = {}
     handles = [dict(model.named_modules())[m].register_forward_hook(
         lambda mod, i, o, key=key: got.__setitem__(key, o.detach().clone())) for key, m in sites.items()]
@@ -333,7 +333,7 @@ def test_all_activation_criteria_share_one_forward_pass(tiny):
 
 
 def test_histogram_edges_span_all_images_not_the_first_batch():
-    from pruning.stats import ActivationStats
+    from pruning.collectors.activations import ActivationStats
 
     st = ActivationStats(2, bins=[4])
     first = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, 1.0]])          # filter 1 constant in the first batch

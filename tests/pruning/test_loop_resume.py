@@ -13,7 +13,8 @@ import torch
 
 from conftest import cli
 from pruning.loop import RunOptions, Stopped, make_model, prune_finetune
-from pruning.loop.checkpoint import load_checkpoint, rng_state, set_rng_state
+from pruning.loop.rng import rng_state, set_rng_state
+from pruning.loop.rundir import load_checkpoint
 from benchmark.synthetic import synthetic_splits
 
 
@@ -66,6 +67,42 @@ def test_resume_after_every_checkpoint_gives_identical_files(tmp_path):
     assert not (tmp_path / "last" / "summary.json").exists()
 
 
+def test_a_checkpoint_in_the_format_before_the_typed_state_still_resumes(tmp_path):
+    """Checkpoints written before the state was a typed object (the record had an unused ``"test"`` key)
+    resume to the uninterrupted numbers."""
+    data = synthetic_splits(4, 10, 4, 4, size=16, seed=1, noise=30.0)
+    kw = dict(criterion="taylor", ratio=0.5, layers="all", train_data=data[0], val_data=data[1], test_data=data[2],
+              p=1.5, q=2, lr=0.02, batch_size=8)
+    ref = prune_finetune(make_model("tinyvgg", 4, seed=3), out_dir=tmp_path / "ref", options=RunOptions(progress=False),
+                         **kw)
+    for k in (4, 10):  # mid-step (a partial record and timing), and mid-final (best_state kept)
+        run = tmp_path / f"old{k}"
+        with pytest.raises(Stopped):
+            prune_finetune(make_model("tinyvgg", 4, seed=3), out_dir=run,
+                           options=RunOptions(progress=False, stop_after=k), **kw)
+        last = run / "checkpoints" / "last.pt"
+        ck = load_checkpoint(last)
+        record = json.loads(ck["state"])
+        legacy = {key: record[key] for key in ("baseline", "steps", "final", "partial", "best")}
+        legacy["test"] = None
+        legacy.update({key: record[key] for key in record if key not in legacy})
+        ck["state"] = json.dumps(legacy)
+        assert (record["partial"] is not None) == (k == 4) and (ck["best_state"] is not None) == (k == 10)
+        torch.save(ck, last)
+        out = prune_finetune(make_model("tinyvgg", 4, seed=3), out_dir=run, resume=True,
+                             options=RunOptions(progress=False), **kw)
+        assert out == ref, k
+        assert (run / "summary.json").read_bytes() == (tmp_path / "ref" / "summary.json").read_bytes(), k
+
+
+def test_write_json_atomic_writes_sorted_indented_json_and_leaves_no_temporary_file(tmp_path):
+    from pruning.loop.rundir import write_json_atomic
+    write_json_atomic(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    write_json_atomic(tmp_path / "a.json", {"b": 2, "a": [1, 2]})
+    assert (tmp_path / "a.json").read_text() == '{\n "a": [\n  1,\n  2\n ],\n "b": 2\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_resume_refuses_a_changed_configuration(tmp_path):
     data = synthetic_splits(3, 8, 4, 4, size=16, seed=0)
     kw = dict(layers="all", train_data=data[0], val_data=data[1], p=0, q=1, batch_size=8, out_dir=tmp_path / "run")
@@ -80,7 +117,7 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory):
     """A real build (shards on disk) of a synthetic 6-class ImageNet."""
-    from imagenet52p.build import BuildConfig, build_dataset
+    from imagenet52p.builder import BuildConfig, build_dataset
     from imagenet52p.classes import load_class_set
     from imagenet52p.fake import FakeSpec, make_fake_imagenet
     base = tmp_path_factory.mktemp("loopdata")

@@ -104,6 +104,14 @@ def test_measure_latency_reports_a_median():
         pruning.measure_latency(model, (3, 32, 32), 1, "cpu", repeats=0)
 
 
+
+def test_device_name_has_a_row_style_and_a_summary_style():
+    from pruning.cost import device_name
+    assert device_name("cpu", style="summary") == "cpu"
+    assert device_name("cpu").endswith(f"({torch.get_num_threads()} threads)")
+    with pytest.raises(ValueError, match="style"):
+        device_name("cpu", style="long")
+
 @pytest.mark.gpu
 def test_measure_latency_on_cuda_uses_events():
     row = pruning.measure_latency(TinyVGG(), (3, 32, 32), batch_size=8, device="cuda", dtype=torch.bfloat16,

@@ -1,6 +1,6 @@
 """Entropy and scaled entropy are exact and do not depend on how the scoring images are batched.
 
-Definition (paper 001 section 3.3 items 3 and 6, Luo & Wu 2017; :mod:`pruning.stats`): for filter c,
+Definition (paper 001 section 3.3 items 3 and 6, Luo & Wu 2017; :mod:`pruning.collectors.activations`): for filter c,
 ``s[n, c]`` is the spatial average of its observed feature map for image n; the bins are ``b`` equal-width
 bins over ``[min_n s[n, c], max_n s[n, c]]`` over *all* scoring images, with ``numpy.histogram``'s
 semantics (``numpy.histogram(s[:, c], bins=b)``: last bin closed, ``(v - 0.5, v + 0.5)`` for a constant
@@ -18,7 +18,7 @@ import torch
 
 import pruning
 from pruning.loop import make_model
-from pruning.stats import ActivationStats, collect_activations
+from pruning.collectors.activations import ActivationStats, collect_activations
 from test_host_sync import HostSyncCounter
 from test_pruning_registry import randomize_bn
 
