@@ -11,7 +11,7 @@ building the model is the application's job (:mod:`benchmark.run`).
 
 See :mod:`pruning.loop.engine` for what is measured, :mod:`pruning.loop.config`
 for every option, and docs/algorithm1.md.  Modules: ``engine`` (open, start or resume, run),
-``state`` (the run's context and its typed state), ``stages`` (baseline, layer steps, final fine-tune),
+``context`` (the run's fixed inputs), ``state`` (its typed, checkpointed state), ``stages`` (baseline, layer steps, final fine-tune),
 ``summary`` (test and summary), ``scoring`` (scoring batches), ``rundir`` (the run directory:
 files, checkpoints, resume checks), ``data`` (counted data streams), ``train``, ``evaluate``,
 ``models``, ``config``, ``rng``, ``distributed``.

@@ -47,6 +47,11 @@ def _classes(name: str, value) -> tuple[int, ...] | None:
     return out
 
 
+#: How a run's identity spells "no criterion": what runs written before it was modelled as None used, so
+#: their run directories still resume.
+NO_CRITERION = "none"
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """Everything that determines the numbers of one prune-and-fine-tune run.
@@ -219,8 +224,16 @@ class LoopConfig:
                 d[k] = tuple(d[k])
         return cls(**d)
 
+    def identity(self) -> dict:
+        """:meth:`to_dict` as the hashes see it: no criterion is spelt :data:`NO_CRITERION`, as runs written
+        before it was modelled as None spelt it (so their ``config_hash`` and run hash stay)."""
+        d = self.to_dict()
+        if d["criterion"] is None:
+            d["criterion"] = NO_CRITERION
+        return d
+
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -248,17 +261,9 @@ class RunOptions:
     stop_after: int | None = None
 
 
-#: How a run's identity spells "no criterion": what runs written before it was modelled as None used, so
-#: their run directories still resume.
-NO_CRITERION = "none"
-
-
 def run_hash(config: LoopConfig, meta: dict | None = None) -> str:
     """Identity of a run: SHA-256 (16 hex digits) of the canonical JSON of the loop
     config plus the caller's ``meta`` (model name, data, class set...: anything
     JSON-serialisable that defines the experiment but is not a loop option)."""
-    loop = config.to_dict()
-    if loop["criterion"] is None:
-        loop["criterion"] = NO_CRITERION
-    blob = json.dumps({"loop": loop, "meta": meta or {}}, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps({"loop": config.identity(), "meta": meta or {}}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -50,10 +50,12 @@ FORMAT = 1
 MODEL_DIR = "model"
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``path`` (named after the pid, so concurrent writers of one path never
-    share it), then move it over ``path``."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def _replace_atomically(path: Path, write: Callable[[Path], object], one_writer: bool = False) -> None:
+    """``write`` a temporary file beside ``path``, then move it over ``path``.  The temporary file is named
+    after the pid, so concurrent writers of one path never share it; with ``one_writer`` (checkpoints: rank 0
+    alone writes them) it has a fixed name, so a job killed mid-write leaves no model-sized orphan behind:
+    the next save overwrites it."""
+    tmp = path.with_name(f"{path.name}.tmp" if one_writer else f"{path.name}.{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
 
@@ -65,14 +67,31 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 
 def code_version() -> str:
-    """The installed distribution's version (``imagenet52p``), or ``"unknown"``: what results record as the
-    code that made them (read from the package metadata, so the library imports no other floor for it)."""
+    """What results record as the code that made them: ``<version>+g<commit>`` of the installed distribution
+    (``imagenet52p``, from its package metadata), with ``.dirty`` when its packages' files differ from the
+    commit; the bare version outside a git checkout, ``"unknown"`` without the metadata."""
+    import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("imagenet52p")
+        base = version("imagenet52p")
     except PackageNotFoundError:
-        return "unknown"
+        base = "unknown"
+    here = Path(__file__).resolve().parents[2]  # the checkout holding this package (editable installs)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *_DIST_PACKAGES],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return base
+    if not commit or not (here / "pruning").is_dir():
+        return base
+    return f"{base}+g{commit[:10]}" + (".dirty" if dirty else "")
+
+
+#: The packages the ``imagenet52p`` distribution ships (paths for git, not imports).
+_DIST_PACKAGES = ("imagenet52p", "pruning", "benchmark")
 
 
 def state_dict_cpu(model: torch.nn.Module) -> dict:
@@ -99,7 +118,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Atomically write ``payload`` (plus ``format``) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+    _replace_atomically(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp), one_writer=True)
     return path
 
 
