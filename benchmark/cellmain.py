@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     from pruning.loop.distributed import init_distributed
 
     from .config import load_config
-    from .execute import CellEnv, execute_cell
+    from .execute import execute_cell
+    from .resolve import CellEnv
     from .grid import expand_grid
 
     ap = argparse.ArgumentParser(description=__doc__)

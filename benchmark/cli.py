@@ -1,7 +1,9 @@
 """``imagenet52p-bench``: run experiment grids, show their cells, print leaderboards.
 
     imagenet52p-bench run CONFIG [--out RESULTS] [--device cuda] [--task-index i --num-tasks n] [--resume]
-    imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n]
+                      [--nproc-per-node N] [--data NAME=PATH] [--data-root DIR] [--weights FILE]
+    imagenet52p-bench estimate CONFIG [--train-ips N --eval-ips N]
+    imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n] [--json]
     imagenet52p-bench leaderboard RESULTS [--config NAME] [--format md|csv|overall-csv|html|json] [--output FILE]
     imagenet52p-bench configs
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import click
 
-FORMATS = ("md", "csv", "overall-csv", "html", "json")
+from .report import FORMATS, render
+
 
 
 def _clean_errors(fn):
@@ -89,7 +92,7 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
         import torch
         torch.set_num_threads(threads)
     from .config import load_config
-    from .execute import CellEnv
+    from .resolve import CellEnv
     from .runner import run_grid
 
     cfg = load_config(config)
@@ -170,44 +173,6 @@ def leaderboard_cmd(results, config, fmt, output, note) -> None:
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)
-
-
-def render(results, fmt: str, note: str | None = None, board: dict | None = None, config: str | None = None) -> str:
-    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``overall-csv``, ``html``, ``json``).
-
-    Cells: those of config ``config`` as recorded in RESULTS (:func:`benchmark.runner.select_experiment`);
-    with no ``config``, the only config recorded there, and every cell when none is (a folder with several
-    configs and no ``config`` is a ValueError listing them); run directories outside the config's grid are
-    left out.  Title, description and reference tables come from that record.  ``board``: RESULTS already
-    aggregated by :func:`benchmark.leaderboard.build_leaderboard`, to render several formats from one scan
-    (re-aggregated from its runs when it holds cells of other configs)."""
-    from . import formats
-    from .leaderboard import aggregate, build_leaderboard
-    from .report import render_html
-    from .runner import select_experiment
-
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    exp = select_experiment(results, config)
-    ids = exp.get("cell_ids")
-    if board is None:
-        board = build_leaderboard(results, ids)
-    elif ids is not None and not {r["id"] for r in board["runs"]} <= set(ids):
-        keep = set(ids)
-        rows = [r for r in board["runs"] if r["id"] in keep]
-        board = aggregate(rows, {r["id"]: r.get("loop", {}) for r in rows})
-    title = f"Leaderboard: {exp.get('name', Path(results).name)}"
-    refs = tuple(exp.get("reference", ())) or None
-    if fmt == "md":
-        return formats.to_markdown(board, title, note, refs)
-    if fmt == "csv":
-        return formats.to_csv(board)
-    if fmt == "overall-csv":
-        return formats.to_csv_overall(board)
-    if fmt == "json":
-        meta = {k: v for k, v in exp.items() if k != "cell_ids"} or None
-        return formats.to_json(board, refs, meta)
-    return render_html(board, title=title, note=note, description=exp.get("description", ""), references=refs)
 
 
 if __name__ == "__main__":

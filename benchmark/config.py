@@ -6,7 +6,7 @@ the file name and the list of valid keys)::
     name = "table1_vgg16"              # required; names the results folder
     description = "..."                # free text, shown in the report
     reference = ["paper_table1"]       # published numbers to show (benchmark.reference)
-    estimate_gpu_hours = 250           # what the README quotes (informational)
+    estimate_gpu_hours = 250           # what docs/benchmark.md quotes (informational)
 
     [data]                             # class-set name -> build directory (build-imagenet52p --out)
     full = "imagenet1k"                # the set the starting model was trained on
@@ -42,7 +42,7 @@ the file name and the list of valid keys)::
 
 Cell fields besides the LoopConfig fields: ``kind`` (:data:`KINDS`), ``model``,
 ``init`` (:data:`INITS`), ``class_set`` (a key of ``[data]``), ``head``
-(:data:`HEADS`).  See README.md, "Config schema", for the meaning of each.
+(:data:`HEADS`).  See docs/benchmark.md, "Config schema", for the meaning of each.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ from pathlib import Path
 
 from pruning.loop.config import LoopConfig
 
+from .data import HEADS as _HEADS
+
 #: ``prune``: Algorithm 1 (ratio 0 = the unpruned model fine-tuned and tested like the others).
 #: ``scratch``: the architecture Algorithm 1 produces at this ratio on these layers, trained from
 #: random initialisation for ``q`` epochs (Crowley et al., 003).  ``reduced``: every prunable conv
@@ -64,9 +66,11 @@ KINDS = ("prune", "scratch", "reduced")
 #: ``pretrained``: start from ``[model].weights``.  ``scratch``: start from a model the runner trains
 #: from random initialisation on the cell's own class set only (Hubens et al., 004).
 INITS = ("pretrained", "scratch")
-#: ``restrict``: a subset's classifier keeps only the subset's rows of the full classifier.
-#: ``full``: keep the full classifier and evaluate N-way on the subset's images.
-HEADS = ("restrict", "full")
+#: Heads (:data:`benchmark.data.HEADS`, the vocabulary of ``imagenet52p prune --head`` too): ``restrict``: a
+#: subset's classifier keeps only the subset's rows of the full classifier; ``full``: keep the full
+#: classifier and evaluate N-way on the subset's images; ``subset-logits``: train on every output, evaluate
+#: the arg-max over the subset's.
+HEADS = _HEADS
 #: Scoring data of a data-driven criterion (paper sec. 3.3): ``full`` = the training split of the set the
 #: starting model was trained on (``[data] full``: all its classes; "averaged over all images in the
 #: training data"), ``subset`` = the training split of the cell's own class set.  Defaults (see

@@ -62,7 +62,7 @@ def _sizes(cfg: ExperimentConfig, class_set: str, sizes: dict, data_root=None, d
     except ValueError:
         build = None
     if build is not None and (build / "manifest.json").is_file():
-        from imagenet52p.build.manifest import load_manifest
+        from imagenet52p.format import load_manifest
         splits = load_manifest(build).get("splits", {})
         counted = tuple(int(splits.get(k, {}).get("num_samples", 0)) for k in ("train", "val", "test"))
         if used is not None:
@@ -104,7 +104,7 @@ def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_i
             steps = 1 if lc.one_shot else (n_layers(c.model, layers) if layers else len(lc.layers))
         score_set = "full" if c.score_data == "full" else c.class_set
         score = lc.score_images if lc.score_images is not None else (size_of(score_set)[0] if c.score_data else 0)
-        if c.criterion in ("none",) or _needs(c.criterion) == "weights":
+        if c.criterion is None or _needs(c.criterion) == "weights":
             score = 0  # l1, random, ...: scored from the weights alone
         p = 0.0 if lc.one_shot else lc.p
         train += steps * p * n + lc.q * f + steps * score

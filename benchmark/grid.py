@@ -20,6 +20,7 @@ product in the order the keys appear; cells with identical identity are merged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -30,9 +31,12 @@ from pruning.loop.config import LoopConfig
 from .config import CELL_FIELDS, ExperimentConfig
 
 #: Loop fields that only matter when filters are removed; normalised in unpruned-baseline cells.
-_PRUNE_ONLY = ("criterion", "layers", "order", "one_shot", "round_to", "min_keep", "score_images",
-               "score_classes", "p")
-BASELINE_CRITERION = "none"
+PRUNE_ONLY = ("criterion", "layers", "order", "one_shot", "round_to", "min_keep", "score_images",
+              "score_classes", "p")
+#: How a cell's identity (its hash, ``cell.json``) and the leaderboard spell the baseline's criterion.  The
+#: baseline itself is modelled: its ``LoopConfig.criterion`` is None (ratio 0, nothing scored); this
+#: spelling keeps the ids of results computed before that, so a finished results folder stays done.
+NO_CRITERION = "none"
 
 
 def _canon(obj) -> str:
@@ -53,27 +57,29 @@ class Cell:
     loop: tuple  # sorted (key, value) pairs of LoopConfig.to_dict(), hashable
     context: str  # canonical JSON of the model/pretrain/data options in the identity
 
-    @property
+    @functools.cached_property
     def loop_config(self) -> LoopConfig:
+        """The resolved LoopConfig (parsed once)."""
         return LoopConfig.from_dict({k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop})
 
-    @property
+    @functools.cached_property
     def loop_dict(self) -> dict:
         """Every LoopConfig field (defaults filled in)."""
-        stored = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop}
-        return LoopConfig.from_dict(stored).to_dict()
+        return self.loop_config.to_dict()
 
     @property
-    def criterion(self) -> str:
-        return self.loop_dict["criterion"]
+    def criterion(self) -> str | None:
+        """The pruning criterion; None for the unpruned baseline (``scratch``/``reduced`` cells keep the grid's,
+        which names the architecture Algorithm 1 would leave; the engine runs them with none)."""
+        return self.loop_config.criterion
 
     @property
     def ratio(self) -> float:
-        return float(self.loop_dict["ratio"])
+        return float(self.loop_config.ratio)
 
     @property
     def seed(self) -> int:
-        return int(self.loop_dict["seed"])
+        return int(self.loop_config.seed)
 
     @property
     def is_baseline(self) -> bool:
@@ -81,16 +87,18 @@ class Cell:
 
     def identity(self) -> dict:
         loop = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loop}
+        if loop.get("criterion") is None:
+            loop["criterion"] = NO_CRITERION
         return {"cell": {f: getattr(self, f) for f in CELL_FIELDS}, "loop": loop, "context": json.loads(self.context)}
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return hashlib.sha256(_canon(self.identity()).encode()).hexdigest()[:16]
 
     @property
     def id(self) -> str:
         """Readable and unique: ``<model>-<class_set>-<kind>-<criterion>-r<ratio>-s<seed>-<hash8>``."""
-        crit = "unpruned" if self.is_baseline else self.criterion
+        crit = "unpruned" if self.is_baseline else self.criterion or NO_CRITERION
         pct = f"{self.ratio * 100:g}"
         return f"{self.model}-{self.class_set}-{self.kind}-{crit}-r{pct}-s{self.seed}-{self.hash[:8]}"
 
@@ -120,6 +128,8 @@ def _make_cell(cfg: ExperimentConfig, values: dict) -> Cell:
     for k, v in values.items():
         (cell_vals if k in CELL_FIELDS else loop_vals)[k] = v
     loop_vals.setdefault("criterion", "l1")
+    if loop_vals["criterion"] == NO_CRITERION:  # a baseline written by hand, as configs could before
+        loop_vals["criterion"] = None
     loop_vals.setdefault("ratio", 0.5)
     _check_criterion(cfg, loop_vals["criterion"])
     try:
@@ -145,7 +155,7 @@ def resolve_scoring(cfg: ExperimentConfig, cell: dict, loop: LoopConfig) -> tupl
     are ``full``; a model trained from scratch on the cell's own classes (``init = "scratch"``), or a
     config without a ``full`` build, knows only the cell's classes (``subset`` / ``cell``)."""
     data, head = cell.get("score_data"), cell.get("score_head")
-    if cell["kind"] != "prune" or loop.ratio == 0 or loop.criterion == BASELINE_CRITERION:
+    if cell["kind"] != "prune" or loop.ratio == 0 or loop.criterion is None:
         return None, None
     from pruning import get_criterion
     crit = get_criterion(loop.criterion)
@@ -167,7 +177,7 @@ def resolve_scoring(cfg: ExperimentConfig, cell: dict, loop: LoopConfig) -> tupl
             raise ValueError(f"{where}: score_head = \"full\" needs a starting model with a full classifier; "
                              "a model trained from scratch on the cell's classes has only its own: use \"cell\"")
         head = "cell"
-    elif cell["class_set"] == "full" or cell["head"] == "full":
+    elif cell["class_set"] == "full" or cell["head"] in ("full", "subset-logits"):
         head = "full"  # the cell's own classifier is the full one
     else:
         head = head or "full"
@@ -195,15 +205,15 @@ def identity_loop(loop: LoopConfig) -> dict:
 def _check_criterion(cfg: ExperimentConfig, name) -> None:
     from pruning import list_criteria
     known = list_criteria()
-    if name != BASELINE_CRITERION and name not in known:
+    if name is not None and name not in known:
         raise ValueError(f"{cfg.source}: no criterion {name!r}; available: {', '.join(known)}")
 
 
 def _baseline_of(cfg: ExperimentConfig, values: dict) -> dict:
-    defaults = LoopConfig(criterion="x", ratio=0.0)
-    out = {k: v for k, v in values.items() if k not in _PRUNE_ONLY}
-    out.update({k: getattr(defaults, k) for k in _PRUNE_ONLY if k != "criterion"})
-    out["criterion"], out["ratio"], out["kind"] = BASELINE_CRITERION, 0.0, "prune"
+    defaults = loop_defaults()
+    out = {k: v for k, v in values.items() if k not in PRUNE_ONLY}
+    out.update({k: defaults[k] for k in PRUNE_ONLY if k != "criterion"})
+    out["criterion"], out["ratio"], out["kind"] = None, 0.0, "prune"  # no pruning: no criterion
     if not cfg.baseline_finetune:
         out["q"] = 0.0
     if "layers" in values:  # keep explicit layer lists out of the baseline identity

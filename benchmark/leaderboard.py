@@ -50,7 +50,7 @@ import json
 import math
 from collections import defaultdict
 
-from .grid import BASELINE_CRITERION
+from .grid import NO_CRITERION, PRUNE_ONLY
 
 METRICS = ("top1", "top5", "val_top1", "params_reduction", "macs_reduction", "speedup", "damage",
            "damage_max", "recovery", "epochs_to_recover", "epochs_to_baseline", "images_finetune",
@@ -60,7 +60,6 @@ METRICS = ("top1", "top5", "val_top1", "params_reduction", "macs_reduction", "sp
 #: scored on and the classifier of its loss (``benchmark.config.SCORE_DATA`` / ``SCORE_HEADS``).
 PROVENANCE = ("hash", "config_hash", "code_version", "class_sha256", "device", "score_data", "score_head")
 _TABLE_EXCLUDE = ("criterion", "ratio", "seed", "id", "hash")
-_PRUNE_ONLY = ("layers", "order", "one_shot", "round_to", "min_keep", "score_images", "score_classes", "p")
 
 
 def mean_std(xs) -> tuple[float | None, float | None]:
@@ -75,7 +74,7 @@ def mean_std(xs) -> tuple[float | None, float | None]:
 
 
 def _table_key(row: dict, loop: dict, baseline: bool) -> str:
-    keep = {k: v for k, v in loop.items() if k not in _TABLE_EXCLUDE and not (baseline and k in _PRUNE_ONLY)}
+    keep = {k: v for k, v in loop.items() if k not in _TABLE_EXCLUDE and not (baseline and k in PRUNE_ONLY)}
     cell = {k: row[k] for k in ("model", "class_set", "kind", "init", "head")}
     return json.dumps({"cell": cell, "loop": keep}, sort_keys=True)
 
@@ -130,13 +129,13 @@ def aggregate(rows: list[dict], loops: dict[str, dict]) -> dict:
         cells = by_table[key]
         d = json.loads(key)
         bkey = json.dumps({"cell": {**d["cell"], "kind": "prune"},
-                           "loop": {k: v for k, v in d["loop"].items() if k not in _PRUNE_ONLY}}, sort_keys=True)
+                           "loop": {k: v for k, v in d["loop"].items() if k not in PRUNE_ONLY}}, sort_keys=True)
         ratios = sorted({r for _, r in cells})
         criteria = sorted({c for c, _ in cells})
         entries = [_entry(c, r, cells[(c, r)]) for c in criteria for r in ratios if (c, r) in cells]
         if bkey not in baselines:  # a baseline evaluated without fine-tuning ([baseline] finetune = false)
             bkey = next((k for k in baselines if _without_q(k) == _without_q(bkey)), bkey)
-        base = _entry(BASELINE_CRITERION, 0.0, baselines.get(bkey, [])) if bkey in baselines else None
+        base = _entry(NO_CRITERION, 0.0, baselines.get(bkey, [])) if bkey in baselines else None
         tables.append({"key": key, "label": _label(key, varying), "model": d["cell"]["model"],
                        "class_set": d["cell"]["class_set"], "kind": d["cell"]["kind"], "ratios": ratios,
                        "criteria": criteria, "entries": entries, "baseline": base})

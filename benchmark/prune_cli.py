@@ -2,7 +2,7 @@
 
 A thin click layer: options become a :class:`benchmark.run.RunSpec`, a
 :class:`pruning.loop.LoopConfig` and :class:`pruning.loop.RunOptions`, and
-:func:`benchmark.run.run_spec` does the work.  See docs/loop.md.
+:func:`benchmark.run.run_spec` does the work.  See docs/algorithm1.md.
 
 ``main`` is the ``imagenet52p`` console script: the data floor's commands (:mod:`imagenet52p.cli`)
 plus ``prune``, composed here so the data floor never imports the application.
@@ -35,7 +35,7 @@ class _LibraryChoice(click.Choice):
 ORDERS = _LibraryChoice("pruning.loop.config", "ORDERS")
 SCHEDULES = _LibraryChoice("pruning.loop.config", "SCHEDULES")
 SELECTIONS = _LibraryChoice("pruning.loop.config", "SELECTIONS")
-HEAD_MODES = _LibraryChoice("benchmark.data", "HEAD_MODES")
+HEADS = _LibraryChoice("benchmark.data", "HEADS")
 LABEL_SPACES = _LibraryChoice("benchmark.data", "LABEL_SPACES")
 PROTOCOLS = _LibraryChoice("pruning.layers", "PROTOCOLS")
 
@@ -76,7 +76,7 @@ def _labels(value: str | None):
 @click.option("--final-data-fraction", type=float, default=None,
               help="fraction for the final fine-tune only (paper: 0.1 with --data-fraction 1)")
 @click.option("--classes", default=None, help="class set restricting all splits (imagenet52p, random52, FILE)")
-@click.option("--head", type=HEAD_MODES, default="full", show_default=True,
+@click.option("--head", type=HEADS, default="full", show_default=True,
               help="class-subset setting: full | restrict (cut a 1000-way classifier) | subset-logits")
 @click.option("--label-space", type=LABEL_SPACES, default="subset", show_default=True)
 @click.option("--score-images", type=int, default=None, help="images for scoring each layer (default: all)")
@@ -155,7 +155,10 @@ def _compose():
     from imagenet52p.cli import main as data_main
 
     return click.Group(name="imagenet52p", commands={**data_main.commands, "prune": prune_cmd}, help=data_main.help,
-                       params=list(data_main.params), callback=data_main.callback)
+                       params=list(data_main.params), callback=data_main.callback,
+                       context_settings=dict(data_main.context_settings),
+                       invoke_without_command=data_main.invoke_without_command,
+                       no_args_is_help=data_main.no_args_is_help)
 
 
 main = _compose()

@@ -11,9 +11,11 @@ import base64
 import html
 from pathlib import Path
 
-from . import formats
-from .plots import all_figures
-from .reference import reference_tables
+# formats, plots (matplotlib) and the reference tables are imported where used, so that the CLI's
+# ``--help`` (which reads FORMATS) stays light
+
+#: Output formats of :func:`render` (``imagenet52p-bench leaderboard --format``).
+FORMATS = ("md", "csv", "overall-csv", "html", "json")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;color:#222}
@@ -40,6 +42,10 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
                 references: tuple[str, ...] | None = None, figures: list[tuple[str, bytes]] | None = None) -> str:
     """The report page as a string.  ``figures`` defaults to :func:`benchmark.plots.all_figures`."""
     esc = html.escape
+    from . import formats
+    from .plots import all_figures
+    from .reference import reference_tables
+
     figs = all_figures(board) if figures is None else figures
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
            f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>"]
@@ -93,3 +99,40 @@ def write_report(board: dict, path: str | Path, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(board, **kw), encoding="utf-8")
     return path
+
+
+def render(results, fmt: str, note: str | None = None, board: dict | None = None, config: str | None = None) -> str:
+    """The leaderboard of RESULTS in ``fmt`` (``md``, ``csv``, ``overall-csv``, ``html``, ``json``).
+
+    Cells: those of config ``config`` as recorded in RESULTS (:func:`benchmark.runner.select_experiment`);
+    with no ``config``, the only config recorded there, and every cell when none is (a folder with several
+    configs and no ``config`` is a ValueError listing them); run directories outside the config's grid are
+    left out.  Title, description and reference tables come from that record.  ``board``: RESULTS already
+    aggregated by :func:`benchmark.leaderboard.build_leaderboard`, to render several formats from one scan
+    (re-aggregated from its runs when it holds cells of other configs)."""
+    from . import formats
+    from .leaderboard import aggregate, build_leaderboard
+    from .runner import select_experiment
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    exp = select_experiment(results, config)
+    ids = exp.get("cell_ids")
+    if board is None:
+        board = build_leaderboard(results, ids)
+    elif ids is not None and not {r["id"] for r in board["runs"]} <= set(ids):
+        keep = set(ids)
+        rows = [r for r in board["runs"] if r["id"] in keep]
+        board = aggregate(rows, {r["id"]: r.get("loop", {}) for r in rows})
+    title = f"Leaderboard: {exp.get('name', Path(results).name)}"
+    refs = tuple(exp.get("reference", ())) or None
+    if fmt == "md":
+        return formats.to_markdown(board, title, note, refs)
+    if fmt == "csv":
+        return formats.to_csv(board)
+    if fmt == "overall-csv":
+        return formats.to_csv_overall(board)
+    if fmt == "json":
+        meta = {k: v for k, v in exp.items() if k != "cell_ids"} or None
+        return formats.to_json(board, refs, meta)
+    return render_html(board, title=title, note=note, description=exp.get("description", ""), references=refs)

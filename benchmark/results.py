@@ -7,8 +7,9 @@ A results folder holds one run directory per cell, ``RESULTS/<cell id>/``, conta
 ``cell.json``   the cell identity (:meth:`benchmark.grid.Cell.to_dict`) and provenance:
                 ``code_version``, ``class_sha256`` and ``class_set_name`` of the build used,
                 ``device`` asked for; written before the run starts.
-``bench.json``  measured inference latency of the unpruned and the final model
-                (``pruning.measure_latency``) and ``speedup`` = unpruned / pruned latency.
+``latency.json`` measured inference latency of the unpruned and the final model
+                (``pruning.measure_latency``) and ``speedup`` = unpruned / pruned latency
+                (``bench.json`` in results folders written before issue 12's renaming: read as well).
 ``error.json``  a failed attempt: ``type``, ``message``, ``traceback``, ``attempt``, ``time``.
 
 Cell states (:func:`cell_state`): ``done`` (``summary.json`` exists), ``failed``
@@ -33,28 +34,20 @@ used and ``metric_split`` says so):
 ``epochs_to_baseline`` first final epoch at or above the unpruned val top-1 (None if never)
 ``images_finetune``    images used for fine-tuning (layer steps + final), ``images_scoring`` for scoring
 ``params_reduction`` / ``macs_reduction``  ``1 - pruned / unpruned``
-``speedup``       unpruned latency / pruned latency (batch and device in ``bench.json``)
+``speedup``       unpruned latency / pruned latency (batch and device in ``latency.json``)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CELL_FILE, ERROR_FILE, BENCH_FILE, SUMMARY_FILE = "cell.json", "error.json", "bench.json", "summary.json"
+CELL_FILE, ERROR_FILE, LATENCY_FILE, SUMMARY_FILE = "cell.json", "error.json", "latency.json", "summary.json"
+_OLD_LATENCY_FILE = "bench.json"  # its name in older results folders
 STATES = ("done", "partial", "failed", "pending")
-
-
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as indented, key-sorted JSON atomically (temporary file named after the pid, so
-    concurrent array tasks writing the same file never share one, then ``os.replace``)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path):
@@ -62,6 +55,14 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it to rerun that cell") from None
+
+
+def latency_file(run_dir: str | Path) -> Path | None:
+    """The run's latency record (``latency.json``, or ``bench.json`` as older versions named it), None if absent."""
+    for name in (LATENCY_FILE, _OLD_LATENCY_FILE):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
 
 
 def cell_state(run_dir: str | Path) -> str:
@@ -102,6 +103,7 @@ def _mean(xs):
 
 def read_run(run_dir: str | Path) -> dict:
     """One flat row for the run in ``run_dir`` (any state).  Definitions in the module docstring."""
+    # long: one flat dict of every leaderboard field, in the order of the module docstring's definitions
     d = Path(run_dir)
     state = cell_state(d)
     cell = _read_json(d / CELL_FILE) if (d / CELL_FILE).is_file() else {}
@@ -128,7 +130,8 @@ def read_run(run_dir: str | Path) -> dict:
     final = s.get("final", {})
     test = s.get("test")
     metric = test if test is not None else final.get("val")
-    bench = _read_json(d / BENCH_FILE) if (d / BENCH_FILE).is_file() else {}
+    found = latency_file(d)
+    bench = _read_json(found) if found is not None else {}
     cost = s["cost"]
     p_base = int(bench.get("params_full", base["params"]))  # scratch/reduced: the unreduced network
     m_base = int(bench.get("macs_full", base["macs"]))

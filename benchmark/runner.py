@@ -42,32 +42,16 @@ import traceback
 from pathlib import Path
 
 from .config import ExperimentConfig
-from .execute import CellEnv, _classes, execute_cell, prepare_cell
-from .grid import Cell, expand_grid, partition
-from .results import BENCH_FILE, CELL_FILE, ERROR_FILE, cell_state, write_json
+from .execute import execute_cell, prepare_cell
+from .grid import NO_CRITERION, Cell, expand_grid, partition
+from .resolve import CellEnv, ResolvedCell, resolve_cell
+from pruning.loop.rundir import code_version, write_json_atomic
+
+from .results import CELL_FILE, ERROR_FILE, cell_state, latency_file
 
 log = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"  # the single record of earlier versions (read, then migrated)
 EXPERIMENTS_DIR = "experiments"  # RESULTS/experiments/<name>.json: one record per config
-
-
-def code_version() -> str:
-    """``<package version>+g<commit>`` (``.dirty`` when package files differ from the commit), or
-    the bare version outside a git checkout."""
-    from imagenet52p import __version__
-
-    here = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "imagenet52p",
-                                "pruning", "benchmark"], cwd=here, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    if not commit:
-        return __version__
-    return f"{__version__}+g{commit[:10]}" + (".dirty" if dirty else "")
 
 
 def _load_record(path: Path) -> dict:
@@ -149,7 +133,7 @@ def _migrate_legacy(out: Path, name: str) -> None:
     rec = _load_record(legacy)
     if rec["name"] != name and not record_path(out, rec["name"]).is_file():
         ids = sorted(p.parent.name for p in out.glob(f"*/{CELL_FILE}"))
-        write_json(record_path(out, rec["name"]), {**rec, "cells": len(ids), "cell_ids": ids,
+        write_json_atomic(record_path(out, rec["name"]), {**rec, "cells": len(ids), "cell_ids": ids,
                                                    "migrated_from": EXPERIMENT_FILE})
     legacy.unlink()
 
@@ -180,18 +164,17 @@ def write_experiment(cfg: ExperimentConfig, out: Path, cells: list[Cell] | None 
                     f"config, use another --out, or delete {path} if the recorded grid is obsolete (finished "
                     f"cells stay and are reused where ids match)")
         _migrate_legacy(out, cfg.name)
-        write_json(path, doc)
+        write_json_atomic(path, doc)
 
 
-def _build_classes(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> dict:
+def _build_classes(rc: ResolvedCell) -> dict:
     """``{"class_sha256", "class_set_name", "full_class_sha256"}`` of the builds the cell reads now: its own
     and, for a subset cell, the ``full`` build (starting model, scoring data); None where not readable."""
     doc = {"class_sha256": None, "class_set_name": None, "full_class_sha256": None}
     try:
-        cs = _classes(cfg.build_path(cell.class_set, env.data_root, env.data))
-        doc["class_sha256"], doc["class_set_name"] = cs.sha256, cs.name
-        if cell.class_set != "full" and "full" in cfg.data:
-            doc["full_class_sha256"] = _classes(cfg.build_path("full", env.data_root, env.data)).sha256
+        doc["class_sha256"], doc["class_set_name"] = rc.classes.sha256, rc.classes.name
+        if rc.cell.class_set != "full" and rc.full_classes is not None:
+            doc["full_class_sha256"] = rc.full_classes.sha256
     except (FileNotFoundError, ValueError):
         pass  # the run itself will fail with the full message
     return doc
@@ -202,7 +185,7 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
     id names its class sets, not their contents, so a results folder shared by configs whose ``[data]``
     point at different builds (a ``random52`` v1 and a v2 build, say) would otherwise mix them silently."""
     out = Path(env.results_dir)
-    builds: dict[str, dict] = {}  # class set -> what its builds hold now (read once, not once per cell)
+    builds: dict[str, tuple] = {}  # class set -> (a resolved cell of it, what its builds hold now): read once
     for cell in cells:
         path = out / cell.id / CELL_FILE
         if cell_state(out / cell.id) not in ("done", "partial") or not path.is_file():
@@ -212,26 +195,27 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
         except json.JSONDecodeError:
             continue
         if cell.class_set not in builds:
-            builds[cell.class_set] = _build_classes(cfg, cell, env)
-        now = builds[cell.class_set]
+            rc = resolve_cell(cfg, cell, env)
+            builds[cell.class_set] = (rc, _build_classes(rc))
+        rc, now = builds[cell.class_set]
         for key in ("class_sha256", "full_class_sha256"):
             if old.get(key) and now[key] and old[key] != now[key]:
-                which = cell.class_set if key == "class_sha256" else "full"
+                which, build = (cell.class_set, rc.build) if key == "class_sha256" else ("full", rc.full_build)
                 raise ValueError(f"{out / cell.id} was computed on another class list for {which!r} (sha256 "
-                                 f"{old[key][:12]}) than the build {cfg.build_path(which, env.data_root, env.data)} "
-                                 f"now holds ({now[key][:12]}); use another --out for these builds")
+                                 f"{old[key][:12]}) than the build {build} now holds ({now[key][:12]}); use "
+                                 "another --out for these builds")
 
 
-def _provenance(cfg: ExperimentConfig, cell: Cell, env: CellEnv, version: str) -> dict:
-    doc = cell.to_dict()
-    doc.update({"code_version": version, "device": env.device or "auto", "experiment": cfg.name,
-                **_build_classes(cfg, cell, env)})
+def _provenance(rc: ResolvedCell, version: str) -> dict:
+    doc = rc.cell.to_dict()
+    doc.update({"code_version": version, "device": rc.env.device or "auto", "experiment": rc.cfg.name,
+                **_build_classes(rc)})
     return doc
 
 
 def _record_failure(run_dir: Path, exc_type: str, message: str, tb: str) -> None:
     attempt = 1 + len(list(run_dir.glob("error.*.json")))
-    write_json(run_dir / ERROR_FILE, {"type": exc_type, "message": message, "traceback": tb,
+    write_json_atomic(run_dir / ERROR_FILE, {"type": exc_type, "message": message, "traceback": tb,
                                        "attempt": attempt,
                                        "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
@@ -251,9 +235,10 @@ def run_one(cfg: ExperimentConfig, cell: Cell, env: CellEnv, resume: bool, versi
             nproc_per_node: int = 1) -> str:
     """Run one cell with failure recording; returns its state afterwards."""
     run_dir = Path(env.results_dir) / cell.id
+    rc = resolve_cell(cfg, cell, env)  # builds, class lists, weights: resolved once for the whole cell
     state = cell_state(run_dir)
-    if state == "done" and (run_dir / BENCH_FILE).is_file():
-        return state  # (a done run without bench.json, killed in between, gets its latency measured)
+    if state == "done" and latency_file(run_dir) is not None:
+        return state  # (a done run without its latency record, killed in between, gets it measured)
     if state == "partial" and not resume:
         log.warning("%s holds an interrupted run; starting it over (pass --resume to continue it)", run_dir)
         shutil.rmtree(run_dir)
@@ -262,13 +247,13 @@ def run_one(cfg: ExperimentConfig, cell: Cell, env: CellEnv, resume: bool, versi
         os.replace(run_dir / ERROR_FILE, run_dir / f"error.{n}.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     if state != "done":
-        write_json(run_dir / CELL_FILE, _provenance(cfg, cell, env, version))
+        write_json_atomic(run_dir / CELL_FILE, _provenance(rc, version))
     try:
         if nproc_per_node > 1:
-            prepare_cell(cfg, cell, env)
+            prepare_cell(cfg, cell, env, rc)
             _run_torchrun(cfg.source, cell, env, nproc_per_node)
         else:
-            execute_cell(cfg, cell, run_dir, env)
+            execute_cell(cfg, cell, run_dir, env, rc)
     except Exception as e:  # noqa: BLE001 - every failure is recorded in the cell's row
         log.error("cell %s failed: %s: %s", cell.id, type(e).__name__, e)
         _record_failure(run_dir, type(e).__name__, str(e), traceback.format_exc())
@@ -315,6 +300,6 @@ def grid_states(cfg: ExperimentConfig, results_dir: str | Path, num_tasks: int =
     cells = expand_grid(cfg)
     partition(cells, 0, num_tasks)  # validates num_tasks
     owner = {c.id: t for t in range(num_tasks) for c in partition(cells, t, num_tasks)}
-    return [{"id": c.id, "kind": c.kind, "model": c.model, "class_set": c.class_set, "criterion": c.criterion,
+    return [{"id": c.id, "kind": c.kind, "model": c.model, "class_set": c.class_set, "criterion": c.criterion or NO_CRITERION,
              "ratio": c.ratio, "seed": c.seed, "task": owner[c.id],
              "state": cell_state(Path(results_dir) / c.id)} for c in cells]

@@ -1,4 +1,4 @@
-"""Benchmarks of the loop (``python -m benchmark.throughput ...``; numbers in the README, "Algorithm 1").
+"""Benchmarks of the loop (``python -m benchmark.throughput ...``; numbers in docs/algorithm1.md, "Measured").
 
 ``steps``: wall time of each Algorithm 1 layer step (scoring, surgery, damage
 eval, ``p`` epochs of fine-tuning, recovery eval) for a model on synthetic
@@ -112,7 +112,6 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
     resized crop, ``Normalize`` on the device) for both sides, which shows whether the data pipeline
     keeps up.  ``eval_pass``: also time one evaluation pass of ours (for ``imagenet52p-bench estimate``).
     """
-    from pruning.loop.evaluate import evaluate
     rt = Runtime.create(device)
     if data is None:
         train_data = _in_memory(images, size)
@@ -123,8 +122,8 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
             return DataLoader(train_data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                               pin_memory=rt.is_cuda, generator=torch.Generator().manual_seed(r))
     else:
-        from .data import open_data
-        rd = open_data(data, image_size=size, batch_size=batch_size, num_workers=num_workers)
+        from .data import Transforms, open_data
+        rd = open_data(data, sizes=Transforms(size), batch_size=batch_size, num_workers=num_workers)
         train_data, eval_data, num_classes = rd.train, rd.val, rd.num_labels
         rt.normalize = rd.batch_transform.to(rt.device)  # as the engine does: its constants on the device
 
@@ -157,12 +156,11 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
                          "spread_s": round(max(times) - min(times), 3), "data_time_s": round(data_times[i], 3),
                          "compute_time_s": round(times[i] - data_times[i], 3)}
         if side == "ours" and eval_pass:
-            stream = DataStream(eval_data, batch_size, shuffle=False, num_workers=num_workers, pin_memory=rt.is_cuda)
-            evaluate(model, stream, rt)  # warm-up (cudnn picks eval kernels)
-            rt.sync()
-            t = time.perf_counter()
-            ev = evaluate(model, stream, rt)
-            results["eval"] = {"images": ev["images"], "images_per_s": round(ev["images"] / (time.perf_counter() - t), 1)}
+            results["eval"] = _time_eval(model, eval_data, batch_size, num_workers, rt)
+    return _report(model_name, rt, batch_size, size, data, images, num_workers, results)
+
+
+def _report(model_name, rt, batch_size, size, data, images, num_workers, results) -> dict:
     if results["baseline"]["images"] != results["ours"]["images"]:
         raise RuntimeError(f"the two loops trained on different numbers of images: {results}")
     return {"model": model_name, "device": device_name(rt.device), "dtype": "bf16" if rt.amp else "fp32",
@@ -172,12 +170,24 @@ def bench_throughput(model_name: str, device: str | None = None, batch_size: int
             "ratio_ours_over_baseline": round(results["ours"]["images_per_s"] / results["baseline"]["images_per_s"], 3)}
 
 
+def _time_eval(model, eval_data, batch_size: int, num_workers: int, rt) -> dict:
+    """Images/s of one evaluation pass of ours, after a warm-up pass (cudnn picks its eval kernels)."""
+    from pruning.loop.evaluate import evaluate
+
+    stream = DataStream(eval_data, batch_size, shuffle=False, num_workers=num_workers, pin_memory=rt.is_cuda)
+    evaluate(model, stream, rt)
+    rt.sync()
+    t = time.perf_counter()
+    ev = evaluate(model, stream, rt)
+    return {"images": ev["images"], "images_per_s": round(ev["images"] / (time.perf_counter() - t), 1)}
+
+
 def bench_overhead(steps: int = 2000, batch_size: int = 4, repeats: int = 5, device: str | None = None) -> dict:
     """Host time per optimizer step that our loop adds to the minimal loop, with a model that costs
     almost nothing (1x1 conv -> pool -> linear on 8x8 images), so the difference of the two per-step
     times is the loop's own bookkeeping (stream, LR setting, DDP/accumulation logic, progress).  On a
     GPU that time overlaps with the device's work as long as no step waits for the device
-    (tests/test_host_sync.py); the overhead a GPU run can show is at most this time divided by the
+    (tests/pruning/test_host_sync.py); the overhead a GPU run can show is at most this time divided by the
     GPU's time per step."""
     rt = Runtime.create(device)
     ds = _in_memory(steps * batch_size, 8)

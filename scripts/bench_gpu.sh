@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement the README asks for, in one command, into one folder:
+# Every GPU measurement docs/algorithm1.md and docs/benchmark.md quote, in one command, into one folder:
 #
 #   bash scripts/bench_gpu.sh [OUT]          (or: make bench-gpu BENCH_OUT=OUT)
 #
@@ -18,7 +18,7 @@
 # Needs the package installed (make install, or pip install -e .) and a CUDA device.  Each step writes
 # its file as it finishes, and a step that fails is reported and the script goes on, so a partial
 # run still leaves the finished measurements.  DEVICE=cpu SMOKE=1 runs every step at toy sizes on the
-# CPU (what tests/test_loop_bench.py does to keep this script working; its numbers mean nothing).
+# CPU (what tests/benchmark/test_loop_bench.py does to keep this script working; its numbers mean nothing).
 set -uo pipefail
 OUT=${1:-bench_gpu_out}
 PY=${PYTHON:-python}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from imagenet52p.classes import load_class_set
-from imagenet52p.cli import format_table
+from imagenet52p.tables import format_table
 from imagenet52p.fake import FakeSpec, make_fake_imagenet
 
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: every number below comes from generated images (tinyvgg on 104 synthetic "
@@ -38,7 +38,7 @@ def _build(root: Path, out: Path, classes: str, val_per_class: int, progress: bo
     import json
     import shutil
 
-    from imagenet52p.build import BuildConfig, build_dataset
+    from imagenet52p.builder import BuildConfig, build_dataset
 
     if (out / "manifest.json").is_file():
         want = load_class_set(classes).sha256
@@ -70,12 +70,22 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     out = Path(a.out)
+    sfx = "_tiny" if a.tiny else ""
+    data = _prepare_builds(out, a, sfx)
+    counts, results = _run_demo_grid(out, data, sfx, a.quiet)
+    print(f"HTML report: {(out / f'report{sfx}.html').resolve()}")
+    print(f"(also {out / f'leaderboard{sfx}.md'}, .csv, .json; total {time.perf_counter() - t0:.0f}s)")
+    return 1 if counts.get("failed") else 0
+
+
+def _prepare_builds(out: Path, a, sfx: str) -> Path:
+    """Steps 1-2: the synthetic tree (unless ``--root``) and the two builds; returns the data root."""
     cs = load_class_set("imagenet52p")
     r52 = load_class_set("random52")
     if not a.quiet:
         print(format_table(cs))
     full_wnids = sorted(set(cs.wnids) | set(r52.wnids))
-    spec, vpc, sfx = (TINY_SPEC, TINY_VAL_PER_CLASS, "_tiny") if a.tiny else (SPEC, VAL_PER_CLASS, "")
+    spec, vpc = (TINY_SPEC, TINY_VAL_PER_CLASS) if a.tiny else (SPEC, VAL_PER_CLASS)
     root = Path(a.root) if a.root else out / f"fake_imagenet{sfx}"
     if a.root is None:
         t = time.perf_counter()
@@ -92,17 +102,21 @@ def main(argv=None) -> int:
     print("[2/4] build-imagenet52p: the full set (104 classes) and ImageNet-52P (52 classes)")
     _build(root, data / "demo_full", str(full_list), vpc, not a.quiet)
     _build(root, data / "demo_imagenet52p", "imagenet52p", vpc, not a.quiet)
+    return data
 
-    from benchmark.cli import render
+
+def _run_demo_grid(out: Path, data: Path, sfx: str, quiet: bool):
+    """Steps 3-4: the shipped ``demo`` config through the runner, then every leaderboard format."""
     from benchmark.config import load_config
-    from benchmark.execute import CellEnv
     from benchmark.grid import expand_grid
     from benchmark.leaderboard import build_leaderboard
+    from benchmark.report import render
+    from benchmark.resolve import CellEnv
     from benchmark.runner import run_grid
 
     cfg = load_config("demo")
     results = out / f"results{sfx}"
-    env = CellEnv(results_dir=str(results), data_root=str(data), device="cpu", progress=not a.quiet)
+    env = CellEnv(results_dir=str(results), data_root=str(data), device="cpu", progress=not quiet)
     print(f"[3/4] imagenet52p-bench run demo: {len(expand_grid(cfg))} cells (resumable) -> {results}")
     t = time.perf_counter()
     counts = run_grid(cfg, env, resume=True)
@@ -115,9 +129,7 @@ def main(argv=None) -> int:
         if fmt == "md":
             print(text)
     print(SYNTHETIC_NOTE)
-    print(f"HTML report: {(out / f'report{sfx}.html').resolve()}")
-    print(f"(also {out / f'leaderboard{sfx}.md'}, .csv, .json; total {time.perf_counter() - t0:.0f}s)")
-    return 1 if counts.get("failed") else 0
+    return counts, results
 
 
 if __name__ == "__main__":

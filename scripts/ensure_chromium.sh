@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make Debian's `chromium` available for the HTML-report test (tests/test_bench_runs.py renders the
+# Make Debian's `chromium` available for the HTML-report test (tests/benchmark/test_bench_runs.py renders the
 # report in headless Chromium).  Installs it with apt-get when it is missing and we are root or have
 # password-less sudo; otherwise says how to install it and exits 0 (the test is then skipped, with
 # that reason, rather than failing).

@@ -27,12 +27,48 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def learning() -> None:
+def _per_layer_margins(trained, data, k: int, quiet) -> dict:
+    """tests/pruning/test_loop.py::test_per_layer_finetuning_recovers: its three loop seeds at k = 0."""
+    from pruning.loop import prune_finetune
+
+    damage, gain, rec = [], [], []
+    for seed in (3 * k, 3 * k + 1, 3 * k + 2):
+        kw = dict(q=0, lr=0.02, batch_size=16, options=quiet, seed=seed)
+        s = prune_finetune(trained(), "random", 0.75, ["features.12", "features.8"], data[0], data[1], p=1, **kw)
+        c = prune_finetune(trained(), "random", 0.75, ["features.12", "features.8"], data[0], data[1], p=0, **kw)
+        damage.append(s["baseline"]["val"]["top1"] - c["after_steps"]["val"]["top1"])
+        gain.append(s["after_steps"]["val"]["top1"] - c["after_steps"]["val"]["top1"])
+        rec.append(sum(x["recovered"] for x in s["steps"]))
+    return {"per-layer: mean damage > 0.2": statistics.mean(damage) - 0.2,
+            "per-layer: mean gain over p=0 > 0.1": statistics.mean(gain) - 0.1,
+            "per-layer: mean recovered > 0.1": statistics.mean(rec) - 0.1,
+            "per-layer: seeds with gain > 0 (>= 2 of 3)": sum(g > 0 for g in gain) - 1.5}
+
+
+def _bf16_margin(k: int) -> dict:
+    """tests/pruning/test_loop_train.py: bf16 evaluation within 5% of fp32 (relative loss difference)."""
     import pruning
+    from benchmark.synthetic import synthetic_dataset
+    from pruning.loop import evaluate, make_model
+    from pruning.loop.data import DataStream
+    from pruning.loop.train import Runtime, make_optimizer, train_chunk
+
+    fast, plain = Runtime(torch.device("cpu"), amp=True, channels_last=True), Runtime(torch.device("cpu"))
+    ds = synthetic_dataset(4, 8, size=16, seed=k)
+    model = fast.prepare(make_model("tinyvgg", 4, seed=k))
+    train_chunk(model, DataStream(ds, 8, seed=k), 0, 32, make_optimizer(model, 0.05, 0.9, 0.0), fast)
+    pruning.apply_plan(model, {"features.4": list(range(0, 32, 2))}, torch.zeros(1, 3, 16, 16))
+    fast.prepare(model)
+    a = evaluate(model, DataStream(ds, 8, shuffle=False), fast)["loss"]
+    b = evaluate(model, DataStream(ds, 8, shuffle=False), plain)["loss"]
+    return {"bf16 vs fp32 loss: 0.05 - relative difference": 0.05 - abs(a - b) / max(1.0, b)}
+
+
+def learning() -> None:
+    from benchmark.synthetic import pretrain, synthetic_splits
     from pruning.loop import RunOptions, evaluate, make_model, prune_finetune
     from pruning.loop.data import DataStream
-    from benchmark.synthetic import pretrain, synthetic_dataset, synthetic_splits
-    from pruning.loop.train import Runtime, make_optimizer, train_chunk
+    from pruning.loop.train import Runtime
 
     quiet = RunOptions(progress=False, device="cpu")
     rows = []
@@ -60,28 +96,8 @@ def learning() -> None:
             s = prune_finetune(trained(), "random", 0.75, ["features.4", "features.0"], data[0], data[1], p=1, q=0,
                                lr=0.05, batch_size=16, options=quiet, seed=k)
             r["OLD per-layer recovery (1 seed) > 0.1"] = sum(x["recovered"] for x in s["steps"]) - 0.1
-            damage, gain, rec = [], [], []
-            for seed in (3 * k, 3 * k + 1, 3 * k + 2):  # the test's three loop seeds at k = 0
-                kw = dict(q=0, lr=0.02, batch_size=16, options=quiet, seed=seed)
-                s = prune_finetune(trained(), "random", 0.75, ["features.12", "features.8"], data[0], data[1], p=1, **kw)
-                c = prune_finetune(trained(), "random", 0.75, ["features.12", "features.8"], data[0], data[1], p=0, **kw)
-                damage.append(s["baseline"]["val"]["top1"] - c["after_steps"]["val"]["top1"])
-                gain.append(s["after_steps"]["val"]["top1"] - c["after_steps"]["val"]["top1"])
-                rec.append(sum(x["recovered"] for x in s["steps"]))
-            r["per-layer: mean damage > 0.2"] = statistics.mean(damage) - 0.2
-            r["per-layer: mean gain over p=0 > 0.1"] = statistics.mean(gain) - 0.1
-            r["per-layer: mean recovered > 0.1"] = statistics.mean(rec) - 0.1
-            r["per-layer: seeds with gain > 0 (>= 2 of 3)"] = sum(g > 0 for g in gain) - 1.5
-            # tests/pruning/test_loop_train.py: bf16 evaluation within 5% of fp32 (relative loss difference)
-            fast, plain = Runtime(torch.device("cpu"), amp=True, channels_last=True), Runtime(torch.device("cpu"))
-            ds = synthetic_dataset(4, 8, size=16, seed=k)
-            model = fast.prepare(make_model("tinyvgg", 4, seed=k))
-            train_chunk(model, DataStream(ds, 8, seed=k), 0, 32, make_optimizer(model, 0.05, 0.9, 0.0), fast)
-            pruning.apply_plan(model, {"features.4": list(range(0, 32, 2))}, torch.zeros(1, 3, 16, 16))
-            fast.prepare(model)
-            a = evaluate(model, DataStream(ds, 8, shuffle=False), fast)["loss"]
-            b = evaluate(model, DataStream(ds, 8, shuffle=False), plain)["loss"]
-            r["bf16 vs fp32 loss: 0.05 - relative difference"] = 0.05 - abs(a - b) / max(1.0, b)
+            r.update(_per_layer_margins(trained, data, k, quiet))
+            r.update(_bf16_margin(k))
             rows.append(r)
             print(f"threads {threads} seed {k}: " + ", ".join(f"{v:+.4g}" for v in r.values()), flush=True)
     print(f"\n{'assertion':45s} {'worst':>10s} {'mean':>10s} {'std':>9s}  fails")

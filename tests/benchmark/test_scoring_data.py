@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_bench_runs import run_doc  # noqa: E402
 
 from benchmark.config import parse_config  # noqa: E402
-from benchmark.execute import _classes  # noqa: E402
+from benchmark.resolve import build_classes as _classes  # noqa: E402
 from benchmark.grid import expand_grid  # noqa: E402
 from benchmark.leaderboard import build_leaderboard  # noqa: E402
 from pruning.loop import FullHead, make_model, restrict_classifier  # noqa: E402

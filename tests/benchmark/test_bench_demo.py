@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-DEMO = [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "demo.py")]
+DEMO = [sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "demo.py")]
 
 
 def _check(out: Path, stdout: str, sfx: str):

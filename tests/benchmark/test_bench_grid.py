@@ -33,7 +33,8 @@ def test_expansion_is_the_cartesian_product_plus_one_baseline_per_group():
     assert {(x.criterion, x.ratio, x.class_set, x.seed) for x in pruned} == set(
         itertools.product(["random", "l1", "apoz"], [0.25, 0.5], ["full", "sub"], [0, 1]))
     assert len(base) == 2 * 2  # class_set x seed
-    assert all(b.criterion == "none" and b.ratio == 0.0 for b in base)
+    assert all(b.criterion is None and b.ratio == 0.0 for b in base)  # the baseline: no criterion
+    assert all(b.identity()["loop"]["criterion"] == "none" for b in base)  # spelt as before in its id
     assert len({x.id for x in cells}) == len(cells)
 
 
@@ -138,7 +139,7 @@ def test_quoted_cell_counts_and_gpu_hours_are_what_the_commands_compute():
 
     from benchmark.estimate import estimate
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "benchmark.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Benchmark runner and leaderboard"):]
     section = section[section.index("### Configs"):section.index("#### What a GPU user runs")]
     rows = {}

@@ -63,7 +63,7 @@ def test_gpu_bench_script_runs_every_step_in_smoke_mode(tmp_path):
     """scripts/bench_gpu.sh at toy sizes on the CPU (DEVICE=cpu SMOKE=1): every step runs and writes its file."""
     import os
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "PYTHON": sys.executable, "WORKERS": "1"}
     proc = subprocess.run(["bash", str(root / "scripts" / "bench_gpu.sh"), str(tmp_path / "out")], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -81,7 +81,7 @@ def test_gpu_bench_script_refuses_without_cuda(tmp_path):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(["bash", str(root / "scripts" / "bench_gpu.sh"), str(tmp_path / "out")],
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "torch.cuda.is_available() is False" in proc.stderr

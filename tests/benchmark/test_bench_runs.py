@@ -72,7 +72,7 @@ class_set = ["broken"]
 
 def make_builds(root: Path) -> Path:
     """A 6-class "full" build and a 3-class subset of it, from a synthetic tree."""
-    from imagenet52p.build import BuildConfig, build_dataset
+    from imagenet52p.builder import BuildConfig, build_dataset
 
     sub = load_class_set("imagenet52p").wnids[:3]
     full = sorted(sub + load_class_set("random52").wnids[:3])
@@ -93,7 +93,7 @@ def run_doc(root: Path, doc: dict, source: str):
     import torch
 
     from benchmark.config import parse_config
-    from benchmark.execute import CellEnv
+    from benchmark.resolve import CellEnv
     from benchmark.runner import run_grid
 
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import torch
 import pruning
 from benchmark.config import load_config, parse_config
 from benchmark.estimate import n_layers
-from benchmark.execute import _first_filters, match_reduced
+from benchmark.architectures import first_filters as _first_filters, match_reduced
 from benchmark.grid import expand_grid
 from pruning.loop import make_model
 from pruning.select import _num_keep

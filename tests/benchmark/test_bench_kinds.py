@@ -53,7 +53,7 @@ def test_class_specific_scores_on_the_class_sets_images(done):
     s = _summ(results, cell)
     # every class of the 3-class subset build, as labels of the full classifier the scoring loss uses
     # (score_head = "full"): their positions in the 6-class full build
-    from benchmark.execute import _classes
+    from benchmark.resolve import build_classes as _classes
     data = results.parent / "data"
     full, sub = _classes(data / "full"), _classes(data / "sub")
     assert (cell.score_data, cell.score_head) == ("subset", "full")
@@ -66,7 +66,7 @@ def test_scratch_and_reduced_train_a_thinner_network_from_random_init(done):
     cells = {c.kind: c for c in expand_grid(cfg) if c.kind != "prune"}
     for kind, cell in cells.items():
         s = _summ(results, cell)
-        bench = json.loads((results / cell.id / "bench.json").read_text())
+        bench = json.loads((results / cell.id / "latency.json").read_text())
         assert s["steps"] == []  # no layer step: the architecture was reduced before training
         assert s["baseline"]["params"] < bench["params_full"]  # thinner than tinyvgg
         assert s["cost"]["macs"] == s["baseline"]["macs"]
@@ -135,7 +135,7 @@ def test_cells_under_torchrun_with_two_processes(tmp_path):
         s = json.loads(p.read_text())
         assert s["world_size"] == 2
         assert s["test"]["images"] == 6 * 4  # 6 classes x 4 test images, each counted once over both ranks
-        assert (p.parent / "bench.json").is_file()
+        assert (p.parent / "latency.json").is_file()
         # batch_size is the global batch: each rank loads half of it, so an optimizer step is batch_size images
         bs = s["config"]["batch_size"]
         for st in s["steps"] + s["final"]["epochs"]:
@@ -161,7 +161,7 @@ def test_baseline_evaluated_without_finetuning_is_attached_to_its_table(done, tm
 def test_a_done_run_missing_its_latency_gets_it_on_the_next_run(done):
     cfg, results, _ = done
     cell = next(c for c in expand_grid(cfg) if c.criterion == "class_specific")
-    bench = results / cell.id / "bench.json"
+    bench = results / cell.id / "latency.json"
     summary = (results / cell.id / "summary.json").read_bytes()
     bench.unlink()
     counts = run_grid(cfg, CellEnv(results_dir=str(results), data_root=str(results.parent / "data"), device="cpu"))

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    from imagenet52p.build import BuildConfig, build_dataset
+    from imagenet52p.builder import BuildConfig, build_dataset
     from imagenet52p.fake import FakeSpec, make_fake_imagenet
     base = tmp_path_factory.mktemp("clidata")
     make_fake_imagenet(base / "tree", WNIDS, FakeSpec(train_per_class=TRAIN_PER_CLASS, val_per_class=TEST_PER_CLASS,
@@ -124,7 +124,7 @@ def test_cli_choices_are_the_librarys_and_help_stays_torch_free():
     from pruning.loop import config
     assert prune_cli.ORDERS.choices == config.ORDERS and prune_cli.SCHEDULES.choices == config.SCHEDULES
     assert prune_cli.SELECTIONS.choices == config.SELECTIONS
-    assert prune_cli.HEAD_MODES.choices == data.HEAD_MODES and prune_cli.LABEL_SPACES.choices == data.LABEL_SPACES
+    assert prune_cli.HEADS.choices == data.HEADS and prune_cli.LABEL_SPACES.choices == data.LABEL_SPACES
     import pruning
     assert prune_cli.PROTOCOLS.choices == tuple(pruning.PROTOCOLS)
     code = ("import sys; from click.testing import CliRunner; from benchmark.prune_cli import main; "
@@ -159,3 +159,17 @@ def test_folders_tree_as_data(tmp_path, build):
     assert summary["meta"]["data"]["format"] == "folders" and summary["meta"]["num_classes"] == 1000
     assert summary["images"]["train_images_per_epoch"] == 6 * TRAIN_PER_CLASS
     assert summary["baseline"]["val"]["images"] == 6 * TEST_PER_CLASS and summary["test"] is None
+
+
+def test_the_imagenet52p_console_script_keeps_the_data_commands_and_their_options():
+    """`imagenet52p` is composed in benchmark from the data floor's commands plus prune: the real installed
+    script answers -h/--help for the group and every command, and --version, as the data CLI does."""
+    import subprocess
+
+    from conftest import cli
+    for args in (["-h"], ["--help"], ["prune", "-h"], ["classes", "-h"], ["verify", "--help"], ["info", "-h"],
+                 ["wordnet", "-h"]):
+        r = subprocess.run([cli("imagenet52p"), *args], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.startswith("Usage: imagenet52p"), (args, r.stdout, r.stderr)
+    r = subprocess.run([cli("imagenet52p"), "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "version" in r.stdout

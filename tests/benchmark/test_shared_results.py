@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmark.cli import main, render
+from benchmark.cli import main
+from benchmark.report import render
 from benchmark.config import parse_config
 from benchmark.grid import expand_grid
 from benchmark.leaderboard import build_leaderboard
@@ -59,7 +60,7 @@ def _ids(text: str, source: str) -> list[str]:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """Build a 4-class set, run config A then config B into the same folder."""
-    from imagenet52p.build import BuildConfig, build_dataset
+    from imagenet52p.builder import BuildConfig, build_dataset
 
     root = tmp_path_factory.mktemp("shared")
     wnids = sorted(load_class_set("imagenet52p").wnids[:4])
