@@ -10,9 +10,11 @@ plus ``prune``, composed here so the data floor never imports the application.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 
 import click
 
@@ -99,7 +101,10 @@ def _labels(value: str | None):
 @click.option("--image-size", type=int, default=224, show_default=True)
 @click.option("--resize", type=int, default=None, help="eval resize (default: image-size * 256/224)")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-@click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="DataLoader worker processes per rank")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's; 1-2 on a busy shared CPU is often faster)")
 @click.option("--no-amp", is_flag=True, help="no bf16 autocast on CUDA")
 @click.option("--deterministic", is_flag=True, help="deterministic algorithms (slower on CUDA)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run (a complete one is left as is)")
@@ -109,52 +114,93 @@ def _labels(value: str | None):
 def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, data_dir, out_dir, layers, order,
               one_shot, p, q, data_fraction, final_data_fraction, classes, head, label_space, score_images, score_labels, round_to,
               min_keep, batch_size, accum_steps, lr, final_lr, schedule, step_epochs, gamma, momentum,
-              weight_decay, select, seed, image_size, resize, device, workers, no_amp, deterministic, resume,
-              keep_step_checkpoints, no_progress, verbose):
+              weight_decay, select, seed, image_size, resize, device, workers, threads, no_amp, deterministic,
+              resume, keep_step_checkpoints, no_progress, verbose):
     """Prune MODEL layer by layer with CRITERION and fine-tune (the paper's Algorithm 1).
 
     Writes OUT/config.json, events.jsonl, checkpoints/, model/ (plan.json + state_dict.pt)
     and, last, summary.json (damage, recovery, per-epoch recovery curve, data used, test).
     """
     from pruning.loop import LoopConfig, RunOptions
-    from benchmark.run import RunSpec, run_spec
+
+    from .run import RunSpec
 
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    _check_device(device)
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
     try:
         opts = None if criterion_options is None else json.loads(criterion_options)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--criterion-options") from None
-    try:
+    with user_errors(out_dir):
         cfg = LoopConfig(criterion=criterion, ratio=ratio, criterion_options=opts, layers=_layers(layers),
                          order=order, one_shot=one_shot, round_to=round_to, min_keep=min_keep,
                          score_images=score_images, score_classes=_labels(score_labels), p=p, q=q,
-                         data_fraction=data_fraction, final_data_fraction=final_data_fraction, lr=lr, final_lr=final_lr, schedule=schedule,
-                         step_epochs=step_epochs, gamma=gamma, momentum=momentum, weight_decay=weight_decay,
-                         batch_size=batch_size, accum_steps=accum_steps, select=select, seed=seed)
+                         data_fraction=data_fraction, final_data_fraction=final_data_fraction, lr=lr,
+                         final_lr=final_lr, schedule=schedule, step_epochs=step_epochs, gamma=gamma,
+                         momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                         accum_steps=accum_steps, select=select, seed=seed)
         spec = RunSpec(model=model, data=data_dir, weights=weights, num_classes=num_classes, head=head,
                        label_space=label_space, classes=classes, image_size=image_size, resize=resize)
         options = RunOptions(device=device, amp=not no_amp, deterministic=deterministic, num_workers=workers,
                              progress=not no_progress, keep_step_checkpoints=keep_step_checkpoints)
-        summary = run_spec(spec, cfg, out_dir, options, resume=resume)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        raise click.ClickException(str(exc).strip('"')) from None
+        _run_and_report(spec, cfg, out_dir, options, resume)
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{device!r} is not a torch device; use cpu, cuda or cuda:N",
+                                 param_hint="--device") from None
+
+
+def _run_and_report(spec, cfg, out_dir, options, resume: bool) -> None:
+    from .run import run_spec
+    from .run_report import format_run_summary
+
+    summary = run_spec(spec, cfg, out_dir, options, resume=resume)
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         rank = dist.get_rank()
         dist.destroy_process_group()
         if rank != 0:
             return
-    test = summary.get("test") or {}
-    final = summary["final"]["val"]
-    click.echo(f"{out_dir}: val top-1 {final['top1']:.4f}"
-               + (f", test top-1 {test['top1']:.4f} top-5 {test['top5']:.4f}" if test else "")
-               + f", MACs x{summary['cost']['macs_ratio']:.3f}, params x{summary['cost']['params_ratio']:.3f}")
+    click.echo(format_run_summary(summary, out_dir))
+
+
+@contextlib.contextmanager
+def user_errors(out_dir):
+    """Ordinary mistakes (bad options, files, folders, a full disk) and Ctrl-C end with one message and a
+    non-zero status, never a traceback: the library's errors name the file, option or key already; an
+    ``OSError`` is named by its path here.  Ctrl-C says that the same command with ``--resume`` continues."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: rerun the same command with --resume to continue {out_dir} from its last "
+                   "checkpoint", err=True)
+        sys.exit(130)
+    except (ValueError, KeyError, EOFError, UnicodeDecodeError) as exc:
+        raise click.ClickException(str(exc).strip('"') or type(exc).__name__) from None
+    except OSError as exc:
+        where = exc.filename or out_dir
+        text = exc.strerror or str(exc)
+        raise click.ClickException(f"{where}: {text}; check that the path exists and is writable (a run stopped "
+                                   "by a full disk continues with --resume once there is space)") from None
 
 
 def _compose():
     from imagenet52p.cli import main as data_main
 
-    return click.Group(name="imagenet52p", commands={**data_main.commands, "prune": prune_cmd}, help=data_main.help,
+    from .library_cli import criteria_cmd, layers_cmd
+
+    commands = {**data_main.commands, "prune": prune_cmd, "criteria": criteria_cmd, "layers": layers_cmd}
+    return click.Group(name="imagenet52p", commands=commands, help=data_main.help,
                        params=list(data_main.params), callback=data_main.callback,
                        context_settings=dict(data_main.context_settings),
                        invoke_without_command=data_main.invoke_without_command,

@@ -93,6 +93,34 @@ def run_engine(model, config: LoopConfig, data: RunData, out_dir, options: RunOp
                     train_pass_images=train_pass_images)
 
 
+def _check_num_classes(num_classes: int, data: RunData, spec: RunSpec) -> None:
+    """The model's outputs must cover the data's labels (checked before anything is written)."""
+    head = data.head
+    needed = (max(head.restrict_rows) + 1 if head is not None and head.restrict_rows is not None
+              else data.num_labels)
+    if num_classes < needed:
+        raise ValueError(f"--num-classes {num_classes} (num_classes): the data of {spec.data} has labels up to "
+                         f"{needed - 1} in the {data.describe['label_space']} label space, so the model needs at "
+                         f"least {needed} outputs; omit --num-classes, or give the number of outputs of the "
+                         "model the weights were saved from")
+
+
+def check_input_size(model, image_size: int, name: str) -> None:
+    """One forward of a zero image of ``image_size`` (eval mode, no gradient; no RNG is drawn), so an input too
+    small for the architecture is refused before the run directory is written, naming the option."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--image-size {image_size}: {name} cannot take {image_size}x{image_size} inputs "
+                         f"({first}); use a larger --image-size (e.g. 224, or 32 for tinyvgg)") from None
+    finally:
+        model.train(was_training)
+
+
 def world_size() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
@@ -118,7 +146,9 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
         config = dataclasses.replace(config, classes=keep)
     restricting = data.head is not None and data.head.restrict_rows is not None
     num_classes = spec.num_classes or (1000 if restricting else data.num_labels)
+    _check_num_classes(num_classes, data, spec)
     model, _ = apply_head(make_model(spec.model, num_classes, weights=spec.weights, seed=spec.init_seed), data)
+    check_input_size(model, spec.image_size, spec.model)
     # the data path is not part of the run's identity (a moved build resumes); its manifest is
     spec_meta = {k: v for k, v in spec.to_dict().items() if k != "data"}
     describe = {k: v for k, v in data.describe.items() if k != "path"}
