@@ -179,14 +179,18 @@ def user_errors(out_dir):
     """Ordinary mistakes (bad options, files, folders, a full disk) and Ctrl-C end with one message and a
     non-zero status, never a traceback: the library's errors name the file, option or key already; an
     ``OSError`` is named by its path here.  Ctrl-C says that the same command with ``--resume`` continues."""
+    from pruning import WriteError
+
     try:
         yield
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: rerun the same command with --resume to continue {out_dir} from its last "
-                   "checkpoint", err=True)
+    except KeyboardInterrupt as exc:  # pruning.loop.Interrupted carries the message; a bare Ctrl-C gets ours
+        click.echo("\n" + (str(exc) or f"interrupted: rerun the same command with --resume to continue {out_dir} "
+                                        "from its last checkpoint"), err=True)
         sys.exit(130)
     except (ValueError, KeyError, EOFError, UnicodeDecodeError) as exc:
         raise click.ClickException(str(exc).strip('"') or type(exc).__name__) from None
+    except WriteError as exc:  # names the file being written, the reason, and that --resume continues
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         where = exc.filename or out_dir
         text = exc.strerror or str(exc)

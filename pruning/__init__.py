@@ -17,6 +17,7 @@ Public API (see docs/pruning.md):
 - :func:`save_pruned` / :func:`load_pruned` -- JSON plan + state_dict
 - :func:`count_cost` / :func:`measure_latency` -- params, MACs, latency
 """
+from .files import WriteError, read_state_dict
 from .cost import count_cost, count_params, measure_latency
 from .layers import PROTOCOLS, prunable_layers, resolve_layers
 from .plan import load_pruned, read_plan, save_pruned
@@ -28,7 +29,7 @@ from .surgery import apply_plan, coupling_classes, current_plan
 
 __all__ = [
     "PROTOCOLS", "Scores", "apply_plan", "count_cost", "count_params", "coupling_classes", "current_plan", "get_criterion",
-    "list_criteria", "load_pruned", "measure_latency", "prunable_layers", "read_plan", "register",
+    "WriteError", "list_criteria", "load_pruned", "read_state_dict", "measure_latency", "prunable_layers", "read_plan", "register",
     "resolve_layers", "save_pruned", "score_filters", "score_filters_multi", "select_filters",
 ]
 from .loop import prune_finetune  # noqa: E402,F401

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .files import read_state_dict, load_weights, writing
 from .surgery import _SHAPE_ATTR, apply_plan, current_plan
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,12 @@ def save_pruned(model: nn.Module, plan: Optional[Mapping[str, Sequence[int]]], p
     doc = {"format": FORMAT, "version": VERSION, "architecture": type(model).__name__, "input_shape": list(shape),
            "plan": plan, "out_channels": {name: len(keep) for name, keep in plan.items()}}
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / PLAN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    torch.save(model.state_dict(), path / WEIGHTS_FILE)
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    with writing(path / PLAN_FILE):
+        (path / PLAN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    with writing(path / WEIGHTS_FILE):
+        torch.save(model.state_dict(), path / WEIGHTS_FILE)
     log.info("saved pruned %s (%d pruned convs) to %s", type(model).__name__, len(plan), path)
     return path
 
@@ -97,6 +101,6 @@ def load_pruned(model_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
     param = next(model.parameters())
     example = torch.zeros(*doc["input_shape"], device=param.device, dtype=param.dtype)
     apply_plan(model, _plain(doc["plan"]), example)
-    state = torch.load(weights, map_location=param.device, weights_only=True)
-    model.load_state_dict(state, strict=True)
+    state = read_state_dict(weights, map_location=param.device)
+    load_weights(model, state, weights, strict=True)
     return model

@@ -104,8 +104,32 @@ class Criterion:
             if key not in self.defaults:
                 valid = ", ".join(sorted(self.defaults)) or "(none)"
                 raise ValueError(f"criterion {self.name!r} has no option {key!r}; valid options: {valid}")
+            _check_option_value(self.name, key, value, self.defaults[key])
             merged[key] = value
         return merged
+
+
+def _check_option_value(criterion: str, key: str, value: Any, default: Any) -> None:
+    """An option takes the kind of its default: a positive integer where the default is an integer or None
+    (e.g. ``bins``, ``chunk_size``), a number >= 0 where it is a float; a ``ValueError`` naming it otherwise."""
+    import numbers
+
+    if isinstance(default, bool) or isinstance(default, str):
+        return
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if default is None:
+        ok, want = value is None or (integral and value >= 1), \
+            "a positive integer or None"
+    elif isinstance(default, int):
+        ok, want = integral and value >= 1, "a positive integer"
+    elif isinstance(default, float):
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok, want = real and value >= 0, "a number >= 0"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"criterion {criterion!r} option {key}={value!r} is not {want} (default {default!r}); "
+                         f"give {key} as {want}")
 
 
 _REGISTRY: Dict[str, Criterion] = {}

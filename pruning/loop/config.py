@@ -26,14 +26,58 @@ SELECTIONS = ("best", "last")
 CONFIG_VERSION = 2
 
 
+def _iter(value):
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+_INT, _NUM, _BOOL = "an integer", "a number", "true or false"
+#: The expected kind of every typed field (None allowed where the default is None or the name is listed).
+_KINDS = {"ratio": _NUM, "p": _NUM, "q": _NUM, "data_fraction": _NUM, "final_data_fraction": _NUM, "lr": _NUM,
+          "final_lr": _NUM, "step_epochs": _NUM, "gamma": _NUM, "momentum": _NUM, "weight_decay": _NUM,
+          "round_to": _INT, "min_keep": _INT, "score_images": _INT, "batch_size": _INT, "accum_steps": _INT,
+          "seed": _INT, "version": _INT, "one_shot": _BOOL, "nesterov": _BOOL, "order": "a name",
+          "schedule": "a name", "select": "a name"}
+_OPTIONAL = {"final_data_fraction", "final_lr", "score_images", "stop_after", "device"}
+
+
+def _is(kind: str, v) -> bool:
+    import numbers
+
+    if kind == _BOOL:
+        return isinstance(v, bool)
+    if isinstance(v, bool):
+        return False  # True is not the integer 1 here
+    if kind == _INT:
+        return isinstance(v, numbers.Integral)
+    if kind == _NUM:
+        return isinstance(v, numbers.Real) and v == v  # NaN is refused
+    return isinstance(v, str)
+
+
+def check_types(obj, kinds: dict) -> None:
+    """A ``ValueError`` naming the first field of ``obj`` whose value is not of its kind in ``kinds``."""
+    for name, kind in kinds.items():
+        v = getattr(obj, name)
+        if v is None and name in _OPTIONAL:
+            continue
+        if not _is(kind, v):
+            none = " or None" if name in _OPTIONAL else ""
+            raise ValueError(f"{name}={v!r} ({type(v).__name__}) is not {kind}{none}; give {name} as {kind}{none}")
+
+
 def _classes(name: str, value) -> tuple[int, ...] | None:
     if value is None:
         return None
+    if isinstance(value, (str, bytes)) or not all(_is(_INT, c) for c in _iter(value)):
+        raise ValueError(f"{name} must be a sequence of integer labels or None, got {value!r}")
     try:
         out = tuple(int(c) for c in value)
     except TypeError:
@@ -143,11 +187,15 @@ class LoopConfig:
             raise ValueError(f"criterion must be a non-empty name, or None for no pruning, got {self.criterion!r}")
         if self.criterion_options is not None and not isinstance(self.criterion_options, dict):
             raise ValueError(f"criterion_options must be a dict or None, got {self.criterion_options!r}")
+        check_types(self, _KINDS)
         if not 0.0 <= float(self.ratio) < 1.0:
             raise ValueError(f"ratio={self.ratio} must be in [0, 1) (fraction of filters removed per layer)")
         layers = self.layers
         if not isinstance(layers, str):
-            layers = tuple(str(x) for x in layers)
+            if not isinstance(layers, (list, tuple)) or not all(isinstance(x, str) for x in layers):
+                raise ValueError(f"layers={layers!r} is not a protocol name or a list of conv module names; give "
+                                 "e.g. 'all', 'vgg16' or ['features.0', 'features.3']")
+            layers = tuple(layers)
             if not layers:
                 raise ValueError("layers is empty; give a protocol name or at least one module name")
             if len(set(layers)) != len(layers):
@@ -259,6 +307,14 @@ class RunOptions:
     progress: bool = True
     keep_step_checkpoints: bool = False
     stop_after: int | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self, {"device": "a name", "amp": _BOOL, "channels_last": _BOOL, "deterministic": _BOOL,
+                           "num_workers": _INT, "progress": _BOOL, "keep_step_checkpoints": _BOOL,
+                           "stop_after": _INT})
+        if self.num_workers < 0 or (self.stop_after is not None and self.stop_after < 1):
+            raise ValueError(f"num_workers={self.num_workers} must be >= 0 and stop_after={self.stop_after} >= 1 "
+                             "or None")
 
 
 def run_hash(config: LoopConfig, meta: dict | None = None) -> str:

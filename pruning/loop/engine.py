@@ -51,9 +51,10 @@ from . import stages
 from .config import LoopConfig, RunOptions, run_hash
 from .context import RunContext
 from .data import DataStream, dist_info
+from .preflight import check_run
 from .rng import set_rng_state
 from .rundir import RunDir, state_from_checkpoint
-from .stages import Stopped  # noqa: F401  (re-exported)
+from .stages import Interrupted, Stopped  # noqa: F401  (re-exported)
 from .state import LoopState
 from .summary import PEAK_TOL, finish  # noqa: F401  (PEAK_TOL re-exported)
 from .train import Runtime
@@ -114,7 +115,13 @@ def _resume(ctx: RunContext, ck: dict) -> LoopState:
     example = stages.example_input(rec.input_size)
     for plan in state.plans:
         stages.apply(ctx.model, plan, example)
-    ctx.model.load_state_dict(ck["model"])
+    try:
+        ctx.model.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        last = ctx.out.path / "checkpoints" / "last.pt"
+        raise ValueError(f"checkpoint {last} holds weights that do not fit {type(ctx.model).__name__} "
+                         f"({str(exc).splitlines()[0][:160]}): the model changed since the run started; resume with "
+                         f"the run's own model, or delete {last} to restart the run") from None
     ctx.runtime.prepare(ctx.model)
     ctx.out.truncate_events(state.events_written)
     set_rng_state(ck["rng"])
@@ -127,23 +134,42 @@ def _run(ctx: RunContext, resume: bool) -> dict:
     done = ctx.out.completed_summary(resume)
     if done is not None:
         return done
+    check_run(ctx)  # everything that would fail later, before anything is written
     torch.manual_seed(ctx.config.seed)
     ck = ctx.out.prepare(ctx.run_hash, ctx.config, ctx.meta, resume)
-    if ck is not None:
-        state = _resume(ctx, ck)
-    else:
-        state = LoopState()
-        ctx.runtime.prepare(ctx.model)
-        stages.baseline(ctx, state)
-    t0 = time.perf_counter()
-    if state.position.stage == "steps":
-        stages.layer_steps(ctx, state)
-    if state.position.stage == "final":
-        stages.final_finetune(ctx, state)
-    summary = finish(ctx, state)
-    ctx.out.write_results(state.timing.to_dict(), summary)
+    try:
+        if ck is not None:
+            state = _resume(ctx, ck)
+        else:
+            state = LoopState()
+            ctx.runtime.prepare(ctx.model)
+            stages.baseline(ctx, state)
+        t0 = time.perf_counter()
+        if state.position.stage == "steps":
+            stages.layer_steps(ctx, state)
+        if state.position.stage == "final":
+            stages.final_finetune(ctx, state)
+        summary = finish(ctx, state)
+        ctx.out.write_results(state.timing.to_dict(), summary)
+    except (IndexError, KeyboardInterrupt) as exc:
+        raise _explained(ctx, exc) from None
     log.info("run %s done in %.1fs", ctx.run_hash, time.perf_counter() - t0)
     return summary
+
+
+def _explained(ctx: RunContext, exc: BaseException) -> BaseException:
+    """What to raise for ``exc`` of a running run: Ctrl-C as :class:`Interrupted` (saying that ``--resume``
+    continues), a label beyond the classifier that the first batches did not show as a ``ValueError``."""
+    if isinstance(exc, Interrupted) or (isinstance(exc, IndexError) and "out of bounds" not in str(exc)):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        stop = Interrupted(ctx.out.path)
+        log.warning("%s", stop)
+        return stop
+    again = f", then delete {ctx.out.path} and start again" if ctx.out.path else ""
+    return ValueError(f"a label of the data is outside the model's outputs ({exc}); the number of classes "
+                      f"(--num-classes) is smaller than the data's: give more classes or restrict the data "
+                      f"(--classes){again}")
 
 
 def _check_loader_batch(data, micro: int, config: LoopConfig, world: int) -> None:

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..files import load_weights, read_state_dict
 from ..registry import refuse_duplicate
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,8 @@ def make_model(name: str, num_classes: int = 1000, weights: str | Path | None = 
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} not found; give a state_dict saved with torch.save")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        model.load_state_dict(state)
+        state = read_state_dict(path)  # a ValueError naming the file for anything but a state_dict
+        load_weights(model, state, path)
         log.info("loaded weights for %s from %s", name, path)
     return model
 

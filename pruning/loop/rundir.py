@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from ..files import read_torch_file, writing
 from ..plan import PLAN_FILE, WEIGHTS_FILE, save_pruned
 from .rng import rng_state
 from .state import LoopState, Position, Record, Timing
@@ -56,8 +57,9 @@ def _replace_atomically(path: Path, write: Callable[[Path], object], one_writer:
     alone writes them) it has a fixed name, so a job killed mid-write leaves no model-sized orphan behind:
     the next save overwrites it."""
     tmp = path.with_name(f"{path.name}.tmp" if one_writer else f"{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with writing(path):  # a full disk or an unwritable folder: a WriteError naming the file
+        write(tmp)
+        os.replace(tmp, path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
@@ -117,7 +119,8 @@ def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict:
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Atomically write ``payload`` (plus ``format``) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     _replace_atomically(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp), one_writer=True)
     return path
 
@@ -127,12 +130,19 @@ def load_checkpoint(path: str | Path, run_hash: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; start the run without resume")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if ck.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} has format {ck.get('format')!r}, this code reads {FORMAT}")
+    restart = f"delete {path} to restart the run from the beginning"
+    ck = read_torch_file(path, "checkpoint", restart)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise ValueError(f"checkpoint {path} has format {found!r}, this code reads {FORMAT}: it is not a "
+                         f"checkpoint of this engine; {restart}")
     if run_hash is not None and ck.get("run_hash") != run_hash:
         raise ValueError(f"checkpoint {path} belongs to run {ck.get('run_hash')}, not {run_hash}: the "
-                         f"configuration changed; use a new run directory or delete {path.parent}")
+                         f"configuration changed; use the --out (out_dir) of that run to continue it, or {restart} "
+                         f"with this configuration")
+    missing = [k for k in ("position", "plans", "model", "rng", "events", "state") if k not in ck]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}: it is damaged; {restart}")
     return ck
 
 
@@ -192,28 +202,60 @@ class RunDir:
                   "meta": meta, "world_size": self.world}
         last = self.path / "checkpoints" / "last.pt"
         existing = self.path / "config.json"
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"out_dir {self.path} is a file, not a directory; give a new --out directory")
         if existing.exists():
-            old = json.loads(existing.read_text())
-            if old.get("run_hash") != run_hash:
-                raise ValueError(f"{self.path} holds run {old.get('run_hash')} with another configuration; "
-                                 f"use a new --out directory")
-            if not resume:
+            old = self._read_config(existing)
+            if self.failed_start():
+                log.warning("%s holds only a failed start of run %s (config.json, no progress); replacing it "
+                            "with run %s", self.path, old.get("run_hash"), run_hash)
+            elif old.get("run_hash") != run_hash:
+                raise ValueError(f"{self.path} holds run {old.get('run_hash')}, with another configuration than "
+                                 f"this run {run_hash}, and its progress (events, checkpoints); use another --out "
+                                 f"directory, or delete {self.path} to start this one there")
+            elif not resume:
                 raise ValueError(f"{self.path} already holds this run; pass resume=True (--resume) to continue "
                                  f"it, or use a new directory")
         self._barrier()  # every rank has checked the directory before rank 0 writes
         if self.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            with writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(existing, record)
             if not last.exists():
-                (self.path / "events.jsonl").write_text("")
+                with writing(self.path / "events.jsonl"):
+                    (self.path / "events.jsonl").write_text("")
         self._barrier()
         if resume and last.exists():
             return load_checkpoint(last, run_hash)
         return None
 
+    @staticmethod
+    def _read_config(file: Path) -> dict:
+        try:
+            old = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file} is not valid JSON ({exc}): the folder was damaged; delete {file.parent} "
+                             "or use another --out directory") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{file} holds a {type(old).__name__}, not a run's config; delete {file.parent} or "
+                             "use another --out directory")
+        return old
+
+    def failed_start(self) -> bool:
+        """Whether the directory holds only what a start that failed before its first checkpoint leaves:
+        ``config.json`` and an empty (or no) ``events.jsonl``; no checkpoint, model or summary."""
+        ev = self.path / "events.jsonl"
+        if ev.exists() and ev.stat().st_size > 0:
+            return False
+        ck = self.path / "checkpoints"
+        if ck.exists() and any(ck.iterdir()):
+            return False
+        return not any((self.path / f).exists() for f in (MODEL_DIR, "summary.json", "timing.json"))
+
     def append_event(self, event: dict) -> None:
         if self.writes:
-            with open(self.path / "events.jsonl", "a") as f:
+            ev = self.path / "events.jsonl"
+            with writing(ev), open(ev, "a") as f:
                 f.write(json.dumps(event, sort_keys=True) + "\n")
 
     def truncate_events(self, count: int) -> None:
@@ -225,7 +267,8 @@ class RunDir:
         if len(lines) < count:
             raise ValueError(f"{ev} has {len(lines)} lines but the checkpoint expects "
                              f"{count}; the run directory was modified")
-        ev.write_text("".join(lines[:count]))
+        with writing(ev):
+            ev.write_text("".join(lines[:count]))
 
     def save_checkpoint(self, run_hash: str, state: LoopState, model: torch.nn.Module, tag: str | None = None,
                         keep_tag: bool = False) -> None:

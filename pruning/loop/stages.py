@@ -34,10 +34,31 @@ class Stopped(RuntimeError):
     """Raised when ``RunOptions.stop_after`` checkpoints have been written (test hook)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: ``str()`` says that rerunning the same command with ``--resume`` (``resume=True``)
+    continues from the last checkpoint of ``out_dir`` (what an application prints instead of a traceback)."""
+
+    def __init__(self, out_dir=None):
+        self.out_dir = out_dir
+        where = f" of {out_dir}" if out_dir is not None else " (a run without out_dir keeps none: start again)"
+        super().__init__(f"interrupted: rerun the same command with --resume (resume=True) to continue from the "
+                         f"last checkpoint{where}")
+
+
 def progress_bar(total, desc: str, enabled: bool, unit: str = "it"):
-    """A tqdm bar (a disabled one when not ``enabled``), left off the screen when done."""
+    """A tqdm bar, left off the screen when done; a disabled one when not ``enabled`` or when stderr is not a
+    terminal (a log file gets no bars, nested or not: each phase logs one line when it ends instead)."""
+    import sys
+
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False, dynamic_ncols=True)
+    tty = bool(getattr(sys.stderr, "isatty", None)) and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=not (enabled and tty), unit=unit, leave=False, dynamic_ncols=True)
+
+
+def final_label(ctx: RunContext, j: int, n: int) -> str:
+    """The label of final epoch ``j + 1`` of ``n``: a run that prunes nothing (``ratio`` 0: pretraining, a
+    baseline) only trains, so "final" would name a phase it does not have."""
+    return (f"final fine-tune epoch {j + 1}/{n}" if ctx.config.ratio > 0 else f"training epoch {j + 1}/{n}")
 
 
 # ------------------------------------------------------------------ events and checkpoints
@@ -234,7 +255,8 @@ def finetune_step(ctx: RunContext, state: LoopState, chunks: list[int]) -> None:
         _new_optimizer(ctx, state, ctx.config.lr)
     for j in range(state.position.chunk, len(chunks)):
         before_imgs = sum(chunks[:j])
-        stats = _train(ctx, state, ctx.train, chunks[j], None, before_imgs, f"fine-tune {part['layer']}")
+        label = f"layer step {part['step'] + 1} fine-tune {part['layer']} (chunk {j + 1}/{len(chunks)})"
+        stats = _train(ctx, state, ctx.train, chunks[j], None, before_imgs, label)
         part["finetune_images"] += stats.images
         part["optimizer_steps"] += stats.optimizer_steps
         part["train_loss"] = stats.loss
@@ -282,7 +304,7 @@ def final_finetune(ctx: RunContext, state: LoopState) -> None:
         _new_optimizer(ctx, state, base_lr)
     for j in range(state.position.chunk, len(chunks)):
         before_imgs = sum(chunks[:j])
-        stats = _train(ctx, state, stream, chunks[j], lr_fn, before_imgs, f"final epoch {j + 1}/{len(chunks)}")
+        stats = _train(ctx, state, stream, chunks[j], lr_fn, before_imgs, final_label(ctx, j, len(chunks)))
         acc = validate(ctx)
         epoch = min(float(j + 1), cfg.q)
         row = {"epoch": epoch, "images": stats.images, "images_total": before_imgs + stats.images,

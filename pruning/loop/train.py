@@ -37,6 +37,21 @@ from .data import DataStream, dist_info
 log = logging.getLogger(__name__)
 
 
+def _device(device) -> torch.device:
+    """``torch.device(device)`` of a device this machine has; a ``ValueError`` naming the valid ones otherwise."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    valid = "cpu" + (f", cuda, cuda:0..cuda:{n - 1}" if n else " (no CUDA device here)")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device; valid devices: {valid}") from None
+    if dev.type not in ("cpu", "cuda") and not (dev.type == "mps" and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} is not available on this machine; valid devices: {valid}")
+    if dev.type == "cuda" and n and dev.index is not None and dev.index >= n:
+        raise ValueError(f"device={device!r}: this machine has {n} CUDA device(s); valid devices: {valid}")
+    return dev
+
+
 @dataclass
 class Runtime:
     """Device placement and speed options of a run (see ``RunOptions``)."""
@@ -51,7 +66,7 @@ class Runtime:
                deterministic: bool = False) -> "Runtime":
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
+        dev = _device(device)
         if dev.type == "cuda" and dev.index is None and torch.distributed.is_initialized():
             # the GPU of this process on its node (torchrun's LOCAL_RANK), as init_distributed chose it
             local = int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank()))

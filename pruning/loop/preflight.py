@@ -1,0 +1,108 @@
+"""The checks a run passes before it writes anything: what would otherwise fail only after ``config.json``
+(or a checkpoint) is written, in the baseline or in training.
+
+:func:`check_run` refuses, with a ``ValueError`` naming the option: target layers the model does not have (or
+a protocol written for another architecture), options the criterion does not take or of the wrong kind, a
+criterion that needs a class subset without one, labels outside the model's outputs (first batch of each
+stream, and every label where the dataset tells them cheaply), and an input the model cannot take (one
+forward pass of one image, in eval mode without gradients; every RNG and every module's mode put back).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .context import RunContext
+from .rng import rng_preserved
+
+
+def check_run(ctx: RunContext) -> None:
+    """Every check of the module docstring, on ``ctx`` as :func:`~pruning.loop.engine._open` made it."""
+    from . import stages
+
+    cfg = ctx.config
+    stages.target_layers(ctx.model, cfg)  # unknown conv names / another architecture's protocol
+    if cfg.criterion is not None:
+        from ..registry import get_criterion
+
+        crit = get_criterion(cfg.criterion)
+        crit.check_options(cfg.criterion_options)
+        if crit.requires_classes and not cfg.effective_score_classes:
+            raise ValueError(f"criterion {cfg.criterion!r} scores filters for a class subset and needs classes "
+                             "(--classes) or score_classes; give the labels of the subset")
+    with rng_preserved(), torch.no_grad():
+        first = _first_batch(ctx.val)
+        if first is None:
+            return  # a one-shot iterable: the baseline reads it
+        outputs = _outputs(ctx, first[0])
+        _check_labels(ctx.val, outputs, "the model's", first)
+        for stream in (ctx.train, ctx.test):
+            if stream is not None:
+                _check_labels(stream, outputs, "the model's")
+        if ctx.score_head is not None:
+            _check_labels(ctx.score, ctx.score_head.num_classes, "the scoring head's")
+        elif ctx.score.data is not ctx.train.data or ctx.score.classes != ctx.train.classes:
+            _check_labels(ctx.score, outputs, "the model's")
+
+
+def _first_batch(stream):
+    data = stream.data
+    if not stream.map_style and iter(data) is data:
+        return None  # reading it would consume it
+    for x, y in stream.batches(0):
+        return x, y
+    return None
+
+
+def _outputs(ctx: RunContext, x: torch.Tensor) -> int:
+    """The model's number of outputs, from one forward pass of one image of the first val batch."""
+    model = ctx.model
+    param = next(model.parameters(), None)
+    modes = {m: m.training for m in model.modules()}
+    img = ctx.runtime.images_to_device(x[:1])
+    if param is not None:
+        img = img.to(param.device, param.dtype)
+    model.eval()
+    try:
+        out = model(img)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        size = "x".join(str(s) for s in x.shape[1:])
+        raise ValueError(f"the model {type(model).__name__} cannot take images of size {size} (channels x height "
+                         f"x width, from the val data): {str(exc).splitlines()[0][:200]}; use a larger image size "
+                         f"(--image-size) or a model made for this input") from None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        return 0  # not a classifier's [N, K] logits: nothing to check the labels against
+    return int(out.shape[1])
+
+
+def _cheap_labels(data) -> list[int] | None:
+    """Every label of a map-style dataset that holds them as a tensor or list (no image read), else None."""
+    if isinstance(data, torch.utils.data.Subset):
+        inner = _cheap_labels(data.dataset)
+        return None if inner is None else [inner[i] for i in data.indices]
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) > 1:
+        return data.tensors[1].flatten().tolist()
+    t = getattr(data, "targets", None)
+    if t is not None and not callable(t) and hasattr(t, "__len__"):
+        return t.flatten().tolist() if torch.is_tensor(t) else list(t)
+    return None
+
+
+def _check_labels(stream, outputs: int, whose: str, first=None) -> None:
+    if outputs < 1:
+        return
+    labels = _cheap_labels(stream.data) if stream.map_style else None
+    if labels is not None and stream.classes is not None:
+        keep = set(stream.classes)
+        labels = [y for y in labels if y in keep]
+    if labels is None:
+        first = first if first is not None else _first_batch(stream)
+        labels = [] if first is None else torch.as_tensor(first[1]).flatten().tolist()
+    bad = [int(y) for y in labels if not 0 <= int(y) < outputs]
+    if bad:
+        raise ValueError(f"the {stream.name} data has label {max(bad)}, but {whose} classifier has {outputs} "
+                         f"outputs (labels 0..{outputs - 1}): the number of classes (--num-classes) is smaller "
+                         f"than the data's; give at least {max(bad) + 1} classes or restrict the data (--classes)")
