@@ -14,6 +14,7 @@ import click
 from ._version import __version__
 from .builder import LAYOUTS, BuildConfig, BuildError, run_build
 from .classes import BUILTIN_SETS
+from .cli_errors import user_errors
 from .format import load_manifest, verify_build
 from .summary import format_summary
 
@@ -43,6 +44,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a different build (or other files) in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True)
+@user_errors
 def main(root, out, classes, layout, val_per_class, seed, shard_size, eval_shard_size, resize, quality,
          decode_check, workers, on_error, allow_missing, overwrite, quiet, verbose) -> None:
     """Build ImageNet-52P (or any class set) as deterministic webdataset shards.
@@ -69,8 +71,11 @@ def main(root, out, classes, layout, val_per_class, seed, shard_size, eval_shard
 @click.command("verify")
 @click.argument("out", type=click.Path())
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes hashing shards.")
+@user_errors
 def verify_cmd(out: str, workers: int) -> None:
     """Re-hash every shard of OUT against its manifest and check sample counts (exit 1 on any mismatch)."""
+    if workers < 1:
+        raise click.ClickException(f"--workers must be a positive integer, got {workers!r}")
     try:
         problems = verify_build(out, workers=workers)
     except (FileNotFoundError, ValueError) as exc:
@@ -87,6 +92,7 @@ def verify_cmd(out: str, workers: int) -> None:
 
 @click.command("info")
 @click.argument("out", type=click.Path())
+@user_errors
 def info_cmd(out: str) -> None:
     """Print the summary of the build in OUT (from its manifest)."""
     try:

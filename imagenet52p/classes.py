@@ -136,7 +136,15 @@ def parse_wnid_list(path: str | os.PathLike) -> list[str]:
                                 f"or one of: {', '.join(BUILTIN_SETS)})")
     wnids, problems, seen = [], [], {}
     known = imagenet1k_index()
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # a read error names no file by itself
+        raise OSError(exc.errno, f"cannot read class list: {exc.strerror}", str(path)) from None
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise ValueError(f"class list {path} is not UTF-8 text (byte {exc.start} is {bad!r}); it must be "
+                         "UTF-8 text with one wnid per line (e.g. n01440764), # comments allowed") from None
+    for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue

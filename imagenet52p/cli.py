@@ -10,6 +10,7 @@ import click
 
 from ._version import __version__
 from .classes import BUILTIN_SETS, load_class_set
+from .cli_errors import user_errors
 from .tables import format_table, format_tsv
 
 
@@ -27,6 +28,7 @@ def main() -> None:
               help="Re-derive the frozen lists from WordNet 3.0; exit 1 on any difference.")
 @click.option("--wordnet-dir", type=click.Path(file_okay=False), default=None,
               help="WordNet 3.0 dict directory (else $IMAGENET52P_WORDNET_DIR, NLTK data, /usr/share/wordnet).")
+@user_errors
 def classes_cmd(set_name: str, fmt: str, derive: bool, wordnet_dir: str | None) -> None:
     """Print a class set (label order = ImageNet-1k order), or check the frozen lists."""
     if derive:
@@ -60,6 +62,7 @@ def classes_cmd(set_name: str, fmt: str, derive: bool, wordnet_dir: str | None) 
 
 @main.command("wordnet")
 @click.option("--wordnet-dir", type=click.Path(file_okay=False), default=None)
+@user_errors
 def wordnet_cmd(wordnet_dir: str | None) -> None:
     """Locate WordNet 3.0 and check its version (exit 1 with install help if missing)."""
     from .wordnet import WordNetNotFoundError, WordNetVersionError, open_wordnet

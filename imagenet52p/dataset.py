@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .classes import ClassSet
-from .format import file_sha256, load_manifest, read_tar_samples
+from .format import file_sha256, load_manifest, read_tar_samples, resolve_shard
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,8 @@ class ImageNetShards(IterableDataset):
         self.split, self.transform, self.target_transform = split, transform, target_transform
         self.class_set = load_classes(self.root, self.manifest)
         info = splits[split]
+        for i, s in enumerate(info["shards"]):  # ManifestError for a path that leaves the build
+            resolve_shard(self.root, s["path"], f"splits.{split}.shards[{i}]")
         self.shard_paths = [self.root / s["path"] for s in info["shards"]]
         self.shard_lengths = [int(s["num_samples"]) for s in info["shards"]]
         self._shard_names = [s["path"] for s in info["shards"]]

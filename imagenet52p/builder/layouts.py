@@ -16,7 +16,8 @@ Four layouts (``--layout`` forces one; ``auto`` tries them in this order):
 A scan yields :class:`Source` records for the chosen classes only.  Source split ``train`` feeds the
 ``train`` and ``val`` output splits, source split ``val`` (ImageNet's validation set) feeds ``test``.
 Files without an image extension, dot-files and folders not named like an ImageNet-1k wnid are
-*ignored* and counted; images whose label cannot be found are *skipped* with a reason.
+*ignored* and counted; images whose label cannot be found, and image entries that cannot be read
+(a dangling symlink), are *skipped* with a reason.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from ..classes import imagenet1k_index
 from .archives import DEVKIT_DIR, DEVKIT_TGZ, TRAIN_TAR, VAL_TAR, read_devkit, scan_train_tar, scan_val_tar
 from .config import BuildError
-from .sources import Scan, Source, is_image_name
+from .sources import UNREADABLE, Scan, Source, is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,22 @@ def _image_entries(d: Path, rel_prefix: str, scan: Scan, subfolder_note: str = "
             yield e, rel
 
 
+def _size(e: os.DirEntry, rel: str, split: str, scan: Scan) -> int | None:
+    """The file's size, or None after listing it as skipped (a dangling symlink, an unreadable entry)."""
+    try:
+        return e.stat().st_size
+    except OSError as exc:
+        dangling = e.is_symlink() and not os.path.exists(e.path)
+        why = "dangling symlink (its target does not exist)" if dangling else exc.strerror or type(exc).__name__
+        scan.skipped.append({"source": rel, "split": "test" if split == "val" else "train",
+                             "reason": f"{UNREADABLE} ({why})"})
+        return None
+
+
 def _scan_files(d: Path, rel_prefix: str, split: str, wnid: str, scan: Scan) -> None:
     for e, rel in _image_entries(d, rel_prefix, scan):
-        scan.sources.append(Source(split, wnid, rel, e.stat().st_size, e.path))
+        if (size := _size(e, rel, split, scan)) is not None:
+            scan.sources.append(Source(split, wnid, rel, size, e.path))
 
 
 def _scan_flat_val(val_dir: Path, rel_prefix: str, label_of, wnids: set[str], scan: Scan) -> None:
@@ -131,8 +145,8 @@ def _scan_flat_val(val_dir: Path, rel_prefix: str, label_of, wnids: set[str], sc
         wnid = label_of(e.name)
         if wnid is None:
             scan.skipped.append({"source": rel, "split": "test", "reason": "no ground-truth label for this file"})
-        elif wnid in wnids:
-            scan.sources.append(Source("val", wnid, rel, e.stat().st_size, e.path))
+        elif wnid in wnids and (size := _size(e, rel, "val", scan)) is not None:
+            scan.sources.append(Source("val", wnid, rel, size, e.path))
 
 
 def _devkit_labeller(gt_ids: list[int], id_to_wnid: dict[int, str]):

@@ -1,6 +1,9 @@
 """The build run (``build_dataset``, ``run_build``, ``BuildResult``): scan, assign samples to shards,
 write shards in parallel (resuming), then the manifest last (docs/builder.md).
 
+One build at a time writes an output directory: :func:`.lock.out_lock` holds ``OUT/.lock`` from the
+first change to the manifest, and a second build is refused with the holder's pid.
+
 Output directory states:
 
 * empty or new: a fresh build.
@@ -29,7 +32,9 @@ from ..format import SPLITS, file_sha256, write_json_atomic
 from .assign import plan_sha256, plan_split, shard_prefix, split_sources
 from .config import BuildConfig, BuildError, build_identity, identity_digest
 from .layouts import scan_root
+from .lock import LOCK, out_lock
 from .manifest import make_info, make_manifest
+from .sources import UNREADABLE
 from .writer import ShardTask, write_shard
 
 log = logging.getLogger(__name__)
@@ -50,16 +55,25 @@ def _existing_identity(out: Path) -> dict | None:
     state = out / STATE / "build.json"
     try:
         if state.is_file():
-            return json.loads(state.read_text())
+            ident = json.loads(state.read_text())
+            return ident if isinstance(ident, dict) else None
         m = out / "manifest.json"
         if not m.is_file():
             return None
         man = json.loads(m.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # unreadable: treated as "not a build" (refused unless --overwrite)
+    if not isinstance(man, dict):
+        return None  # the wrong shape: likewise
+    cs = man.get("class_set")
     return {"format": man.get("format"), "tool_version": man.get("tool_version"),
-            "class_set_sha256": man.get("class_set", {}).get("sha256"), "layout": man.get("layout"),
+            "class_set_sha256": cs.get("sha256") if isinstance(cs, dict) else None, "layout": man.get("layout"),
             "options": man.get("options")}
+
+
+def _ours_unstarted(p: Path) -> bool:
+    """The lock file, or the state folder of a build killed before it recorded its identity."""
+    return p.name == LOCK or (p.name == STATE and p.is_dir() and not (p / "build.json").exists())
 
 
 def _clean(out: Path) -> None:
@@ -78,7 +92,7 @@ def _differences(old: dict, new: dict) -> str:
     for k in ("format", "tool_version", "class_set_sha256", "layout"):
         if old.get(k) != new.get(k):
             diffs.append(f"{k}: {old.get(k)} -> {new.get(k)}")
-    oo, no = old.get("options") or {}, new["options"]
+    oo, no = old.get("options") if isinstance(old.get("options"), dict) else {}, new["options"]
     diffs += [f"{k}: {oo.get(k)} -> {no[k]}" for k in no if oo.get(k) != no[k]]
     return "; ".join(diffs)
 
@@ -90,7 +104,7 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         old = _existing_identity(out)
-        if old is None and any(out.iterdir()):
+        if old is None and any(not _ours_unstarted(p) for p in out.iterdir()):
             if not overwrite:
                 raise BuildError(f"--out {out} is not empty and holds no imagenet52p build; choose a new "
                                  f"directory, or pass --overwrite (deletes only build files and shards there)")
@@ -104,8 +118,9 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
             _clean(out)
         (out / "manifest.json").unlink(missing_ok=True)  # the build is incomplete from now on
         state = out / STATE
-        (state / "shards").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(state / "build.json", identity)
+        state.mkdir(exist_ok=True)
+        write_json_atomic(state / "build.json", identity)  # first: a build killed before it left only .build/
+        (state / "shards").mkdir(exist_ok=True)
         for split in SPLITS:
             (out / split).mkdir(exist_ok=True)
             for tmp in (out / split).glob("*.tmp"):
@@ -235,12 +250,25 @@ def run_build(cfg: BuildConfig) -> BuildResult:
     cs = load_class_set(cfg.classes)
     out = cfg.out_path
     scan = scan_root(cfg.root_path, cfg.layout, cs.wnids)
+    unreadable = [e for e in scan.skipped if e["reason"].startswith(UNREADABLE)]
+    if unreadable and cfg.on_error == "fail":
+        e = unreadable[0]
+        raise BuildError(f"bad image {e['source']} (under --root): {e['reason']}; "
+                         f"rerun with --on-error skip to skip and list such files")
     missing = _missing_classes(cfg, cs, scan)
     identity = build_identity(cfg, cs.sha256, scan.layout)
     digest = identity_digest(identity)
     prefix = shard_prefix(cs)
     splits = split_sources(scan.sources, cs.wnids, cfg.val_per_class, cfg.seed)
     tasks = _make_tasks(cfg, cs, splits, digest, prefix)
+    with out_lock(out):  # one build per --out at a time, from the first change to the manifest
+        return _locked_build(cfg, cs, scan, missing, identity, tasks, prefix, t_start)
+
+
+def _locked_build(cfg: BuildConfig, cs, scan, missing: list[str], identity: dict,
+                  tasks: dict[str, list[ShardTask]], prefix: str, t_start: float) -> BuildResult:
+    """Prepare ``cfg.out`` and write the shards and the manifest (the caller holds the lock)."""
+    out = cfg.out_path
     records = prepare_out(out, identity, cfg.overwrite)
     planned = {t.rel for ts in tasks.values() for t in ts}
     for split in SPLITS:  # shards of an earlier plan that this plan does not have

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+UNREADABLE = "cannot read"  # how a skip-list reason starts when the source file could not be read
 IMAGE_EXTS = frozenset({".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from ..format import tar_end, tar_header, tar_pad
 from .config import BuildError
 from .images import BadImage, prepare_image
-from .sources import Source, read_source
+from .sources import UNREADABLE, Source, read_source
 
 #: Testing aid: seconds to sleep after each sample (lets tests kill a build mid-shard).
 THROTTLE_ENV = "IMAGENET52P_BUILD_THROTTLE"
@@ -116,7 +116,7 @@ def write_shard(task: ShardTask) -> dict:
                     raw = read_source(src)
                     jpg, w, h, reason = prepare_image(raw, task.resize, task.quality, task.decode_check)
                 except (BadImage, OSError) as exc:
-                    why = str(exc) if isinstance(exc, BadImage) else f"cannot read ({exc})"
+                    why = str(exc) if isinstance(exc, BadImage) else f"{UNREADABLE} ({exc})"
                     if task.on_error == "fail":
                         raise BuildError(f"bad image {src.rel} (under --root): {why}; "
                                          f"rerun with --on-error skip to skip and list such files") from None

@@ -19,8 +19,11 @@ def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     """Hex sha256 of the file at ``path`` (read in ``bufsize`` chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
+        try:
+            while chunk := f.read(bufsize):
+                h.update(chunk)
+        except OSError as exc:  # a read error names no file by itself
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
     return h.hexdigest()
 
 

@@ -15,34 +15,57 @@ import tarfile
 from pathlib import Path
 
 from .files import file_sha256
+from .schema import check_manifest_shape, resolve_shard
 
 FORMAT_VERSION = 1  # the manifest's "format"; a reader refuses any other
 SPLITS = ("train", "val", "test")  # the manifest's splits, in this order
 BUILD_HINT = "build it with `build-imagenet52p --root IMAGENET --out DIR`"
+_RAW_MARKERS = ("ILSVRC2012_img_train.tar", "ILSVRC")  # an ImageNet copy (archives, kaggle)
+
+
+def _looks_raw(out: Path) -> bool:
+    """An ImageNet copy (``train/<wnid>/``, the official archives, kaggle's tree), not a build."""
+    if any((out / m).exists() for m in _RAW_MARKERS):
+        return True
+    try:
+        return any(p.is_dir() for p in (out / "train").iterdir())
+    except OSError:  # no train/ folder, or an unreadable one
+        return False
+
+
+def _no_manifest(out: Path, path: Path) -> FileNotFoundError:
+    if (out / ".build").is_dir() or (any((out / s).is_dir() for s in SPLITS) and not _looks_raw(out)):
+        return FileNotFoundError(f"{path} not found: {out} holds no complete build (shard folders exist: the "
+                                 "build did not finish; rerun the same build-imagenet52p command to resume it)")
+    if _looks_raw(out):
+        return FileNotFoundError(f"{out} is not a build (no manifest.json) but looks like an ImageNet copy "
+                                 f"(train/<wnid>/ folders or the ILSVRC2012 archives): make a build from it with "
+                                 f"`build-imagenet52p --root {out} --out DIR`, then read DIR")
+    return FileNotFoundError(f"{path} does not exist: {out} holds no build; {BUILD_HINT}")
 
 
 def load_manifest(out: str | os.PathLike) -> dict:
     """``out/manifest.json`` of a finished build, checked for presence and format version (the one
     loader of the CLIs and the dataset).  Raises FileNotFoundError (no directory, no manifest:
     the message says whether an unfinished build is there to resume) or ValueError (not JSON,
-    another format version)."""
+    another format version; :class:`ManifestError`, a ValueError, for the wrong shape, naming the key)."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"{out} does not exist or is not a directory; {BUILD_HINT}")
     path = out / "manifest.json"
     if not path.is_file():
-        if any((out / s).is_dir() for s in SPLITS):
-            raise FileNotFoundError(f"{path} not found: {out} holds no complete build (shard folders exist: the "
-                                    "build did not finish; rerun the same build-imagenet52p command to resume it)")
-        raise FileNotFoundError(f"{path} does not exist: {out} holds no build; {BUILD_HINT}")
+        raise _no_manifest(out, path)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # a read error names no file by itself
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); the build is damaged: rebuild it with --overwrite") \
             from None
-    if manifest.get("format") != FORMAT_VERSION:
+    if isinstance(manifest, dict) and manifest.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} has format {manifest.get('format')!r}; this imagenet52p reads format "
                          f"{FORMAT_VERSION}: upgrade imagenet52p or rebuild the dataset")
+    check_manifest_shape(manifest, path)
     return manifest
 
 
@@ -57,13 +80,18 @@ class _HashingReader:
         return data
 
 
-def check_shard(out: str, shard: dict) -> list[str]:
-    """Problems with one shard (empty list = it matches its manifest entry)."""
-    path = Path(out) / shard["path"]
+def check_shard(out: str, shard: dict, where: str = "shard") -> list[str]:
+    """Problems with one shard (empty list = it matches its manifest entry ``where``).  Raises
+    ManifestError when its path leaves the build (:func:`resolve_shard`)."""
+    path = resolve_shard(out, shard["path"], where)
     if not path.is_file():
         return [f"{shard['path']}: missing"]
     problems, samples = [], {}
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        return [f"{shard['path']}: cannot read ({exc.strerror})"]
+    with f:
         reader = _HashingReader(f)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:
@@ -94,15 +122,19 @@ def _check_shard_args(args):
 
 def verify_build(out: str | os.PathLike, workers: int = 1) -> list[str]:
     """Every problem found (empty = the build matches its manifest).  Raises FileNotFoundError
-    when ``out`` holds no manifest."""
+    when ``out`` holds no manifest, ManifestError when it has the wrong shape or a shard path leaves the build."""
     manifest = load_manifest(out)
     out = str(out)
-    shards = [sh for s in manifest["splits"].values() for sh in s["shards"]]
+    entries = [(f"splits.{n}.shards[{i}]", sh) for n, s in manifest["splits"].items()
+               for i, sh in enumerate(s["shards"])]
+    for where, sh in entries:  # every path is checked before any file is opened
+        resolve_shard(out, sh["path"], where)
+    shards = [sh for _, sh in entries]
     problems = []
     for name, s in manifest["splits"].items():
         if sum(sh["num_samples"] for sh in s["shards"]) != s["num_samples"]:
             problems.append(f"manifest.json: split {name}: shard counts do not add up to num_samples")
-    jobs = [(out, sh) for sh in shards]
+    jobs = [(out, sh, where) for where, sh in entries]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
