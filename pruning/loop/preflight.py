@@ -39,10 +39,20 @@ def check_run(ctx: RunContext) -> None:
         for stream in (ctx.train, ctx.test):
             if stream is not None:
                 _check_labels(stream, outputs, "the model's")
+        if not _scores_with_labels(cfg):
+            return  # no layer step, or a criterion of weights or activations alone: the scoring labels are unused
         if ctx.score_head is not None:
             _check_labels(ctx.score, ctx.score_head.num_classes, "the scoring head's")
         elif ctx.score.data is not ctx.train.data or ctx.score.classes != ctx.train.classes:
             _check_labels(ctx.score, outputs, "the model's")
+
+
+def _scores_with_labels(cfg) -> bool:
+    """Whether scoring reads labels: a layer step with a loss-based criterion (gradients, masks)."""
+    if cfg.criterion is None or cfg.ratio == 0:
+        return False
+    from ..registry import get_criterion
+    return get_criterion(cfg.criterion).needs not in ("weights", "activations")
 
 
 def _first_batch(stream):

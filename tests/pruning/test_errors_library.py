@@ -222,3 +222,21 @@ def test_resuming_with_another_model_names_the_checkpoint(tmp_path, data):
     with pytest.raises(ValueError, match="do not fit TinyVGG.*delete") as info:
         _run(data, out, model=TinyVGG(3, widths=(8, 16, 16, 32)), resume=True)  # narrower than the run's
     assert str(out / "checkpoints" / "last.pt") in str(info.value)
+
+
+def test_scoring_labels_are_checked_only_for_criteria_that_use_them(tmp_path):
+    """A restricted 3-way model scored on a 6-class build (a subset cell scoring on the full data): activation
+    criteria read no labels and run; a loss-based criterion without a full scoring head is refused up front."""
+    from benchmark.synthetic import synthetic_splits
+    from pruning.loop import LoopConfig, RunOptions, make_model, run_loop
+
+    train, val, _ = synthetic_splits(3, 8, 4, 1, size=16, seed=0)
+    score, _, _ = synthetic_splits(6, 4, 1, 1, size=16, seed=1)  # labels 0..5
+    quiet = RunOptions(progress=False, device="cpu")
+    cfg = LoopConfig("apoz", 0.5, layers=("features.8",), p=0, q=0, batch_size=8)
+    s = run_loop(make_model("tinyvgg", 3, seed=0), cfg, train, val, None, score, out_dir=tmp_path / "a", options=quiet)
+    assert s["steps"][0]["per_layer"] == {"features.8": [32, 16]}
+    cfg = LoopConfig("taylor", 0.5, layers=("features.8",), p=0, q=0, batch_size=8)
+    with pytest.raises(ValueError, match="label 5"):
+        run_loop(make_model("tinyvgg", 3, seed=0), cfg, train, val, None, score, out_dir=tmp_path / "t", options=quiet)
+    assert not (tmp_path / "t").exists()
