@@ -1,13 +1,16 @@
 """``imagenet52p-bench``: run experiment grids, show their cells, print leaderboards.
 
     imagenet52p-bench run CONFIG [--out RESULTS] [--device cuda] [--task-index i --num-tasks n] [--resume]
-                      [--nproc-per-node N] [--data NAME=PATH] [--data-root DIR] [--weights FILE]
+                      [--nproc-per-node N] [--data NAME=PATH] [--data-root DIR] [--weights FILE] [--workers N]
     imagenet52p-bench estimate CONFIG [--train-ips N --eval-ips N]
-    imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n] [--json]
+    imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n] [--json] [--data NAME=PATH] [--data-root DIR]
     imagenet52p-bench leaderboard RESULTS [--config NAME] [--format md|csv|overall-csv|html|json] [--output FILE]
+    imagenet52p-bench clean CONFIG [--out RESULTS] [--stale] [--dry-run]
     imagenet52p-bench configs
 
 CONFIG is a TOML file or the name of a shipped config (``imagenet52p-bench configs`` lists them).
+``-h``/``--help``, ``--version``; ``-v`` before or after the subcommand.  What each command does on bad
+input: docs/benchmark.md, section Errors.
 """
 
 from __future__ import annotations
@@ -24,15 +27,50 @@ from .report import FORMATS, render
 
 
 
+def _os_message(e: OSError) -> str:
+    where = e.filename if e.filename is not None else "a file"
+    return f"{where}: {e.strerror or e}" + (f" (and {e.filename2})" if e.filename2 else "")
+
+
 def _clean_errors(fn):
-    """Bad input (missing files, bad options) ends with its message and exit status 2, not a traceback."""
+    """Bad input ends with one message (naming the file, option or key) and exit status 2, not a traceback:
+    missing or unreadable files and folders (OSError, with the path and the errno text), files that are not
+    valid JSON, TOML or UTF-8, records missing a key, bad options.  Anything else is a bug and stays visible."""
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
-        except (FileNotFoundError, ValueError) as e:
+        except FileNotFoundError as e:
+            raise click.UsageError(str(e) if e.filename is None else _os_message(e)) from None
+        except OSError as e:
+            raise click.UsageError(_os_message(e)) from None
+        except json.JSONDecodeError as e:
+            raise click.UsageError(f"a file is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise click.UsageError(f"a file is not valid UTF-8 text: {e}") from None
+        except KeyError as e:
+            raise click.UsageError(f"a record is missing the key {e}") from None
+        except ValueError as e:  # tomllib.TOMLDecodeError too (load_config names the file)
             raise click.UsageError(str(e)) from None
     return wrapper
+
+
+def _set_verbose(ctx, param, value) -> None:
+    if value:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def _verbose(fn):
+    """``-v`` after the subcommand too (``imagenet52p-bench run CONFIG -v``)."""
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
+                        help="Log progress of every cell.")(fn)
+
+
+def _workers(fn):
+    """``--workers`` (and ``--num-workers``, its older name, hidden)."""
+    fn = click.option("--num-workers", "num_workers_old", type=int, default=None, hidden=True)(fn)
+    return click.option("--workers", "workers", type=int, default=None,
+                        help="DataLoader workers (default: [data].num_workers).")(fn)
 
 
 def _parse_data(values) -> dict:
@@ -46,7 +84,8 @@ def _parse_data(values) -> dict:
     return out
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imagenet52p", prog_name="imagenet52p-bench")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress of every cell.")
 def main(verbose: bool) -> None:
     """Benchmark runner for class-specific filter pruning (the paper's experiments and new ones)."""
@@ -79,13 +118,14 @@ def _results_dir(cfg, out):
 @click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
 @click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
-@click.option("--num-workers", type=int, default=None, help="DataLoader workers (default: [data].num_workers).")
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
               help="GPUs per cell: >1 runs each cell under torchrun --standalone.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_workers
+@_verbose
 @_clean_errors
-def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root, weights, num_workers,
+def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root, weights, workers, num_workers_old,
             nproc_per_node, threads, progress) -> None:
     """Run every cell of CONFIG (this task's share) that is not complete."""
     if threads is not None:
@@ -97,10 +137,17 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
 
     cfg = load_config(config)
     env = CellEnv(results_dir=str(_results_dir(cfg, out)), data_root=data_root, data=_parse_data(data),
-                  weights=weights, device=device, num_workers=num_workers, progress=progress)
+                  weights=weights, device=device,
+                  num_workers=workers if workers is not None else num_workers_old, progress=progress)
     counts = run_grid(cfg, env, task_index, num_tasks, resume, nproc_per_node)
     click.echo(f"{cfg.name} task {task_index}/{num_tasks}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                + f" -> {env.results_dir}")
+    if counts.get("running"):
+        click.echo(f"{counts['running']} cell(s) were running in another process and were skipped "
+                   "(rerun once it has finished)", err=True)
+    report = Path(env.results_dir) / "report.html"
+    click.echo(f"leaderboard: imagenet52p-bench leaderboard {env.results_dir}  (report: imagenet52p-bench "
+               f"leaderboard {env.results_dir} --format html -o {report})")
     if counts["failed"]:
         click.echo(f"{counts['failed']} cell(s) failed; see error.json in their folders or "
                    f"`imagenet52p-bench leaderboard {env.results_dir}`", err=True)
@@ -113,6 +160,7 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
 @click.option("--eval-ips", type=float, default=None, help="Evaluation images/s per GPU (default: assumed 4000).")
 @click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
+@_verbose
 @_clean_errors
 def estimate_cmd(config, train_ips, eval_ips, data, data_root) -> None:
     """Expected cost of CONFIG: images trained/evaluated and GPU-hours (formula in benchmark.estimate).
@@ -133,20 +181,28 @@ def estimate_cmd(config, train_ips, eval_ips, data, data_root) -> None:
 @click.argument("config")
 @click.option("--out", "out", default=None, help="Results folder to read states from.")
 @click.option("--num-tasks", type=int, default=1, show_default=True, help="Show which task owns each cell.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an invalid cell's reasons in 'problems').")
+@click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
+@click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
+@click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@_verbose
 @_clean_errors
-def list_cmd(config, out, num_tasks, as_json) -> None:
-    """Show the cells of CONFIG and their state (done / partial / failed / pending)."""
+def list_cmd(config, out, num_tasks, as_json, data, data_root, weights) -> None:
+    """Show the cells of CONFIG and their state (done / partial / failed / pending / invalid: cannot run)."""
     from .config import load_config
+    from .resolve import CellEnv
     from .runner import grid_states
 
     cfg = load_config(config)
-    rows = grid_states(cfg, _results_dir(cfg, out), num_tasks)
+    results = _results_dir(cfg, out)
+    env = CellEnv(results_dir=str(results), data_root=data_root, data=_parse_data(data), weights=weights)
+    rows = grid_states(cfg, results, num_tasks, env)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     for r in rows:
-        click.echo(f"{r['state']:8s} task {r['task']:<3d} {r['id']}")
+        why = f"  ({'; '.join(r['problems'])})" if r.get("problems") else ""
+        click.echo(f"{r['state']:8s} task {r['task']:<3d} {r['id']}{why}")
     states = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
@@ -162,17 +218,75 @@ def list_cmd(config, out, num_tasks, as_json) -> None:
               help="csv: one row per table entry; overall-csv: the overall ranking, one row per criterion.")
 @click.option("--output", "-o", default=None, help="Write to this file instead of stdout.")
 @click.option("--note", default=None, help="A banner shown above the tables (e.g. 'synthetic data').")
+@_verbose
 @_clean_errors
 def leaderboard_cmd(results, config, fmt, output, note) -> None:
     """Aggregate the runs in RESULTS into the leaderboard (of one config: --config NAME, or the only one
     recorded there)."""
+    from .results import CELL_FILE
+
+    if not Path(results).is_dir():
+        raise click.UsageError(f"results folder {results} not found; run `imagenet52p-bench run CONFIG --out {results}`")
+    if not any(Path(results).glob(f"*/{CELL_FILE}")):
+        raise click.UsageError(f"no runs found in {results}; `imagenet52p-bench run CONFIG --out {results}` "
+                               "writes them")
+    if output:
+        _check_output(Path(output))
     text = render(results, fmt, note, config=config)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)
+
+
+def _check_output(path: Path) -> None:
+    """Refuse an output file that cannot be written, before any work; create missing parent folders only
+    below an existing folder that is not the filesystem root, and say so."""
+    if path.is_dir():
+        raise click.UsageError(f"-o {path} is a folder; give a file name (e.g. {path / 'report.html'})")
+    parent = path.parent if str(path.parent) else Path(".")
+    missing = []
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise click.UsageError(f"-o {path}: {parent} is not a folder")
+    if missing and parent.resolve() == Path(parent.resolve().anchor):
+        raise click.UsageError(f"-o {path}: {missing[-1]} does not exist and would be created at the filesystem "
+                               "root; create it first, or write elsewhere")
+    if missing:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise click.UsageError(f"-o {path}: cannot create {e.filename or path.parent}: {e.strerror or e}") from None
+        click.echo(f"created folder {path.parent} (for -o {path})", err=True)
+    try:  # open for append: creates the file if missing, keeps its content; an unwritable target fails here
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise click.UsageError(f"-o {path} cannot be written: {e.strerror or e}") from None
+
+
+@main.command("clean")
+@click.argument("config")
+@click.option("--out", "out", default=None, help="Results folder (default: results/<config name>).")
+@click.option("--stale", is_flag=True, help="Also remove run directories (not done) in no recorded config's grid.")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@_verbose
+@_clean_errors
+def clean_cmd(config, out, stale, dry_run) -> None:
+    """Remove CONFIG's failed and partial cells from RESULTS (never a done cell); see benchmark.clean."""
+    from .clean import clean
+    from .config import load_config
+
+    cfg = load_config(config)
+    results = _results_dir(cfg, out)
+    found = clean(cfg, results, stale=stale, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for d, why in found:
+        click.echo(f"{verb} {d}: {why}")
+    click.echo(f"{len(found)} cell folder(s) {verb} in {results}" if found else f"nothing to clean in {results}")
 
 
 if __name__ == "__main__":

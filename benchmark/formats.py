@@ -13,7 +13,7 @@ import io
 import json
 
 from .leaderboard import METRICS, PROVENANCE
-from .reference import reference_tables
+from .reference import display_rows, reference_tables
 
 DETAIL_COLUMNS = (
     ("top1", "Top-1", "pct"), ("top5", "Top-5", "pct"), ("params_reduction", "Params −", "pct"),
@@ -158,10 +158,10 @@ def to_markdown(board: dict, title: str = "Leaderboard", note: str | None = None
                   OVERALL_NOTE, "", _md_table(*overall_rows(board)), ""]
     refs = reference_tables(references)
     if refs:
-        parts += ["---", "", "## Published numbers (reference only — NOT measured by this benchmark)", ""]
+        parts += ["---", "", "## Published numbers (reference only — NOT measured by this benchmark; in percent)", ""]
         for r in refs:
             parts += [f"### {r['title']}", "", f"Source: {r['source']}. Baseline: {r['baseline']}.", "",
-                      _md_table(r["header"], r["rows"]), ""]
+                      _md_table(r["header"], display_rows(r)), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

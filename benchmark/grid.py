@@ -121,7 +121,22 @@ def _context(cfg: ExperimentConfig, model: str, init: str, weights_used: bool) -
     return _canon(ctx)
 
 
-def _make_cell(cfg: ExperimentConfig, values: dict) -> Cell:
+def _loop_error(cfg: ExperimentConfig, loop_vals: dict, table: str, e: Exception) -> str:
+    """The message of an invalid loop option, naming the config file, the table and the key at fault (the
+    first key that alone, with criterion and ratio, is refused), what was found and what LoopConfig said."""
+    base = {k: loop_vals[k] for k in ("criterion", "ratio")}
+    for k, v in loop_vals.items():
+        try:
+            LoopConfig.from_dict({**base, k: v})
+        except (TypeError, ValueError) as one:
+            where = "[base]" if k in cfg.base and cfg.base[k] == v else table
+            default = loop_defaults().get(k)
+            want = f" (expected a {type(default).__name__}, e.g. {default!r})" if default is not None else ""
+            return f"{cfg.source}: {where} {k} = {v!r} is invalid{want}: {one}"
+    return f"{cfg.source}: {table}: invalid loop options {loop_vals}: {e}"
+
+
+def _make_cell(cfg: ExperimentConfig, values: dict, table: str = "[[grid]]") -> Cell:
     cell_vals = {"kind": "prune", "model": cfg.model.get("name", "tinyvgg"), "init": "pretrained",
                  "class_set": next(iter(cfg.data), "full"), "head": "restrict"}
     loop_vals = {}
@@ -135,7 +150,7 @@ def _make_cell(cfg: ExperimentConfig, values: dict) -> Cell:
     try:
         loop = LoopConfig.from_dict(loop_vals)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{cfg.source}: cell {cell_vals} has an invalid loop option: {e}") from None
+        raise ValueError(_loop_error(cfg, loop_vals, table, e)) from None
     cell_vals["score_data"], cell_vals["score_head"] = resolve_scoring(cfg, cell_vals, loop)
     weights_used = cell_vals["kind"] == "prune"  # scratch/reduced start from random init
     ctx = _context(cfg, cell_vals["model"], cell_vals["init"], weights_used)
@@ -224,14 +239,14 @@ def _baseline_of(cfg: ExperimentConfig, values: dict) -> dict:
 def expand_grid(cfg: ExperimentConfig) -> list[Cell]:
     """All cells of ``cfg`` (sub-grids merged, unpruned baselines added), sorted by id."""
     cells: dict[str, Cell] = {}
-    for g in cfg.grid:
+    for i, g in enumerate(cfg.grid):
         fixed = {**cfg.base, **{k: v for k, v in g.items() if not isinstance(v, list)}}
         axes = [(k, v) for k, v in g.items() if isinstance(v, list)]
         for combo in itertools.product(*[v for _, v in axes]):
             values = {**fixed, **dict(zip([k for k, _ in axes], combo))}
             for vals in ([values, _baseline_of(cfg, values)] if cfg.unpruned and
                          values.get("kind", "prune") == "prune" else [values]):
-                cell = _make_cell(cfg, vals)
+                cell = _make_cell(cfg, vals, f"[[grid]] #{i + 1}")
                 cells.setdefault(cell.id, cell)
     return [cells[k] for k in sorted(cells)]
 

@@ -2,7 +2,7 @@
 
 Each reference table has a ``key``, ``title``, ``source`` (paper and table), ``baseline`` (the
 unpruned model the numbers were measured against) and rows as published (accuracies as
-fractions, as in the paper).  Sources: Mittal et al., "Recovering from Random Pruning: On the
+fractions, as in the paper; md and html show them in percent, :func:`display_rows`, as our tables).  Sources: Mittal et al., "Recovering from Random Pruning: On the
 Plasticity of Deep Convolutional Neural Networks", WACV 2018 (arXiv:1801.10447; here ``001``);
 torchvision's model documentation (weights ``IMAGENET1K_V1``/``V2``); Crowley et al. 2018
 (arXiv:1810.04622, ``003``) and Hubens et al. 2021 (arXiv:2112.08227, ``004``), whose abstracts
@@ -10,6 +10,8 @@ state qualitative results only, quoted as such.
 """
 
 from __future__ import annotations
+
+import re
 
 PAPER = "Mittal et al., WACV 2018 (arXiv:1801.10447)"
 
@@ -153,6 +155,26 @@ REFERENCES: dict[str, dict] = {
                   "(up to 80% parameter reduction) than the same network trained from scratch"]],
     },
 }
+
+
+_FRACTION = re.compile(r"^(0|1)\.(\d+)$")
+
+
+def as_percent(cell: str) -> str:
+    """A published fraction in percent with the paper's own digits (``0.650`` -> ``65.0``, ``0.4345`` ->
+    ``43.45``, ``0.47`` -> ``47``), as our tables show accuracies; any other cell (a layer count, a name,
+    a claim) as it is."""
+    m = _FRACTION.match(cell.strip())
+    if not m:
+        return cell
+    digits = (m.group(2) + "00")[:max(2, len(m.group(2)))]
+    whole, frac = str(int(m.group(1) + digits[:2])), digits[2:]
+    return f"{whole}.{frac}" if frac else whole
+
+
+def display_rows(table: dict) -> list[list[str]]:
+    """The rows of a reference table as shown in md/html: fractions in percent (:func:`as_percent`)."""
+    return [[as_percent(c) for c in row] for row in table["rows"]]
 
 
 def reference_tables(keys: tuple[str, ...] | list[str] | None = None) -> list[dict]:

@@ -44,7 +44,7 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
     esc = html.escape
     from . import formats
     from .plots import all_figures
-    from .reference import reference_tables
+    from .reference import display_rows, reference_tables
 
     figs = all_figures(board) if figures is None else figures
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
@@ -87,7 +87,7 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
         for r in refs:
             out.append(f"<h3>{esc(r['title'])}</h3><p class='small'>Source: {esc(r['source'])}. "
                        f"Baseline: {esc(r['baseline'])}.</p>")
-            out.append(_table_html(r["header"], r["rows"], cls="published"))
+            out.append(_table_html(r["header"], display_rows(r), cls="published"))
         out.append("</section>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

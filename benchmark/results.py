@@ -53,7 +53,7 @@ STATES = ("done", "partial", "failed", "pending")
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it to rerun that cell") from None
 
 
@@ -174,6 +174,16 @@ def scan(results_dir: str | Path, cell_ids=None) -> list[dict]:
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} not found; run `imagenet52p-bench run CONFIG --out {root}`")
     keep = None if cell_ids is None else set(cell_ids)
-    rows = [read_run(p.parent) for p in sorted(root.glob(f"*/{CELL_FILE}"))
+    rows = [_read_checked(p.parent) for p in sorted(root.glob(f"*/{CELL_FILE}"))
             if keep is None or p.parent.name in keep]
     return sorted(rows, key=lambda r: r["id"])
+
+
+def _read_checked(run_dir: Path) -> dict:
+    """:func:`read_run`, a malformed record (a key missing, a value of the wrong type) named by its folder."""
+    try:
+        return read_run(run_dir)
+    except (KeyError, TypeError, AttributeError) as e:
+        what = f"has no key {e}" if isinstance(e, KeyError) else f"has a value of the wrong type ({e})"
+        raise ValueError(f"the run directory {run_dir} is damaged: one of its JSON records {what}; "
+                         f"delete {run_dir} to rerun that cell") from None

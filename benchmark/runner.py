@@ -4,12 +4,17 @@ For each cell of ``partition(expand_grid(cfg), task_index, num_tasks)`` (run dir
 ``RESULTS/<cell id>``):
 
 * ``done``: skipped.
-* ``partial`` (interrupted): continued from its last checkpoint with ``resume=True``; without
-  it the directory is cleared and the cell starts over (logged).
+* ``partial`` (interrupted): continued from its last checkpoint with ``resume=True``; without it
+  :func:`run_grid` refuses before any work, listing the partial cells (as ``imagenet52p prune`` refuses a
+  half-finished run directory): pass ``--resume`` to continue them, or ``clean`` them to discard them.
+  Nothing is ever deleted by ``run``.
+* held by another process (its lock ``RESULTS/<cell id>.lock``, :mod:`benchmark.locks`): skipped, counted
+  ``running`` (the holder's pid is logged).
 * ``failed``: retried; the previous ``error.json`` is kept as ``error.<attempt>.json``.
 * ``pending``: started.
 
-A cell that raises (out of memory, a missing build, a bad option...) gets an ``error.json``
+Before any cell runs, every cell is validated (:mod:`benchmark.validate`: model, layers, builds,
+weights): one error lists every problem and nothing is written.  A cell that raises (out of memory, a missing build, a bad option...) gets an ``error.json``
 (type, message, traceback) and the runner goes on with the next cell; the exit status of
 :func:`run_grid`'s CLI is 1 when any cell failed.  With ``nproc_per_node > 1`` each cell runs
 under ``torchrun --standalone`` (``python -m benchmark.cellmain``) and a non-zero exit is
@@ -35,7 +40,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import traceback
@@ -44,6 +48,7 @@ from pathlib import Path
 from .config import ExperimentConfig
 from .execute import execute_cell, prepare_cell
 from .grid import NO_CRITERION, Cell, expand_grid, partition
+from .locks import cell_lock, holder
 from .resolve import CellEnv, ResolvedCell, resolve_cell
 from pruning.loop.rundir import code_version, write_json_atomic
 
@@ -57,7 +62,7 @@ EXPERIMENTS_DIR = "experiments"  # RESULTS/experiments/<name>.json: one record p
 def _load_record(path: Path) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
         raise ValueError(f"{path} is not a readable experiment record; remove it or use another --out")
@@ -138,6 +143,26 @@ def _migrate_legacy(out: Path, name: str) -> None:
     legacy.unlink()
 
 
+def check_record(cfg: ExperimentConfig, out: Path, ids: list[str]) -> None:
+    """Refuse a record of ``cfg``'s name in ``out`` that lists another grid (read only; see
+    :func:`write_experiment`)."""
+    path = record_path(out, cfg.name)
+    if not path.is_file():
+        return
+    old = _load_record(path)
+    old_ids = old.get("cell_ids")
+    if old["name"] == cfg.name and old_ids is not None and sorted(old_ids) != ids:
+        gone, new = sorted(set(old_ids) - set(ids)), sorted(set(ids) - set(old_ids))
+        eg_gone = f" (e.g. {gone[0]})" if gone else ""
+        eg_new = f" (e.g. {new[0]})" if new else ""
+        raise ValueError(
+            f"{path} records config {cfg.name!r} with another grid: {len(gone)} of its {len(old_ids)} "
+            f"cells are not in {cfg.source}{eg_gone} and {len(new)} of the {len(ids)} cells of "
+            f"{cfg.source} are not in it{eg_new}. One name is one grid per results folder: rename the "
+            f"config, use another --out, or delete {path} if the recorded grid is obsolete (finished "
+            f"cells stay and are reused where ids match)")
+
+
 def write_experiment(cfg: ExperimentConfig, out: Path, cells: list[Cell] | None = None) -> None:
     """Record the config in ``out/experiments/<name>.json`` (name, description, reference tables, source,
     the ids of its grid's cells), under a lock so that concurrent tasks never lose each other's records.
@@ -150,19 +175,7 @@ def write_experiment(cfg: ExperimentConfig, out: Path, cells: list[Cell] | None 
            "source": cfg.source, "cells": len(ids), "cell_ids": ids}
     path = record_path(out, cfg.name)
     with _records_lock(out):
-        if path.is_file():
-            old = _load_record(path)
-            old_ids = old.get("cell_ids")
-            if old["name"] == cfg.name and old_ids is not None and sorted(old_ids) != ids:
-                gone, new = sorted(set(old_ids) - set(ids)), sorted(set(ids) - set(old_ids))
-                eg_gone = f" (e.g. {gone[0]})" if gone else ""
-                eg_new = f" (e.g. {new[0]})" if new else ""
-                raise ValueError(
-                    f"{path} records config {cfg.name!r} with another grid: {len(gone)} of its {len(old_ids)} "
-                    f"cells are not in {cfg.source}{eg_gone} and {len(new)} of the {len(ids)} cells of "
-                    f"{cfg.source} are not in it{eg_new}. One name is one grid per results folder: rename the "
-                    f"config, use another --out, or delete {path} if the recorded grid is obsolete (finished "
-                    f"cells stay and are reused where ids match)")
+        check_record(cfg, out, ids)
         _migrate_legacy(out, cfg.name)
         write_json_atomic(path, doc)
 
@@ -233,15 +246,24 @@ def _run_torchrun(cfg_path: str, cell: Cell, env: CellEnv, nproc: int) -> None:
 
 def run_one(cfg: ExperimentConfig, cell: Cell, env: CellEnv, resume: bool, version: str,
             nproc_per_node: int = 1) -> str:
-    """Run one cell with failure recording; returns its state afterwards."""
+    """Run one cell under its lock, with failure recording; returns its state afterwards (``running`` when
+    another process holds it)."""
+    with cell_lock(env.results_dir, cell.id) as other:
+        if other is not None:
+            log.warning("cell %s is running in another process (pid %s); skipped", cell.id, other)
+            return "running"
+        return _run_locked(cfg, cell, env, resume, version, nproc_per_node)
+
+
+def _run_locked(cfg, cell, env, resume, version, nproc_per_node) -> str:
     run_dir = Path(env.results_dir) / cell.id
     rc = resolve_cell(cfg, cell, env)  # builds, class lists, weights: resolved once for the whole cell
     state = cell_state(run_dir)
     if state == "done" and latency_file(run_dir) is not None:
         return state  # (a done run without its latency record, killed in between, gets it measured)
-    if state == "partial" and not resume:
-        log.warning("%s holds an interrupted run; starting it over (pass --resume to continue it)", run_dir)
-        shutil.rmtree(run_dir)
+    if state == "partial" and not resume:  # interrupted since run_grid's check (another process was killed)
+        log.warning("%s holds an interrupted run; left as it is (pass --resume to continue it)", run_dir)
+        return state
     if state == "failed":
         n = 1 + len(list(run_dir.glob("error.*.json")))
         os.replace(run_dir / ERROR_FILE, run_dir / f"error.{n}.json")
@@ -275,10 +297,18 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
     """Run this task's cells (module docstring); returns ``{state: count}`` over them afterwards."""
     from tqdm.auto import tqdm
 
+    from .validate import refuse_invalid
+
     out = Path(env.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a results folder (it is created)")
     grid = expand_grid(cfg)  # once per run: the task's share and the config's record both come from it
     cells = partition(grid, task_index, num_tasks)
+    check_record(cfg, out, sorted(c.id for c in grid))  # read only: before anything is written
+    refuse_invalid(cfg, cells, env)
+    if not resume:
+        refuse_partial(cfg, cells, out)
+    make_results_dir(out)
     check_builds_unchanged(cfg, cells, env)
     for cell in cells if nproc_per_node > 1 else ():
         try:  # a global batch that does not split over the GPUs: refused before any work (pretraining included)
@@ -291,15 +321,48 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
     log.info("task %d/%d: %d cells of %s -> %s", task_index, num_tasks, len(cells), cfg.name, out)
     for cell in tqdm(cells, desc=f"{cfg.name} cells", unit="cell", disable=not env.progress):
         state = run_one(cfg, cell, env, resume, version, nproc_per_node)
-        counts[state] += 1
+        counts[state] = counts.get(state, 0) + 1
     return counts
 
 
-def grid_states(cfg: ExperimentConfig, results_dir: str | Path, num_tasks: int = 1) -> list[dict]:
-    """Every cell with its state and the task that owns it (for ``list``)."""
+def refuse_partial(cfg: ExperimentConfig, cells: list[Cell], out: Path) -> None:
+    """Without ``--resume``, a partial cell (not held by a running process) stops the run before any work."""
+    partial = [c.id for c in cells if cell_state(out / c.id) == "partial" and holder(out, c.id) is None]
+    if partial:
+        more = f" and {len(partial) - 5} more" if len(partial) > 5 else ""
+        raise ValueError(f"{out} holds {len(partial)} interrupted cell(s) of {cfg.source}: "
+                         f"{', '.join(str(out / p) for p in partial[:5])}{more}. Pass --resume to continue them "
+                         f"from their last checkpoint, or `imagenet52p-bench clean {cfg.source} --out {out}` "
+                         "to discard them")
+
+
+def make_results_dir(out: Path) -> None:
+    """Create the results folder, refusing a path that cannot be one (with the path and the reason)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be used as a results folder: {e.strerror or e} "
+                         f"({e.filename or out}); choose a writable folder") from None
+
+
+def grid_states(cfg: ExperimentConfig, results_dir: str | Path, num_tasks: int = 1,
+                env: CellEnv | None = None) -> list[dict]:
+    """Every cell with its state and the task that owns it (for ``list``).  With ``env``, a cell that is not
+    done and cannot run (:mod:`benchmark.validate`) is ``invalid``, its reasons under ``problems``."""
+    from .validate import grid_problems
+
     cells = expand_grid(cfg)
     partition(cells, 0, num_tasks)  # validates num_tasks
     owner = {c.id: t for t in range(num_tasks) for c in partition(cells, t, num_tasks)}
-    return [{"id": c.id, "kind": c.kind, "model": c.model, "class_set": c.class_set, "criterion": c.criterion or NO_CRITERION,
+    rows = [{"id": c.id, "kind": c.kind, "model": c.model, "class_set": c.class_set, "criterion": c.criterion or NO_CRITERION,
              "ratio": c.ratio, "seed": c.seed, "task": owner[c.id],
              "state": cell_state(Path(results_dir) / c.id)} for c in cells]
+    if env is not None:
+        problems = grid_problems(cfg, [c for c, r in zip(cells, rows) if r["state"] != "done"], env)
+        for r in rows:
+            if r["id"] in problems:
+                r["state"], r["problems"] = "invalid", problems[r["id"]]
+    return rows

@@ -121,7 +121,7 @@ def test_cells_under_torchrun_with_two_processes(tmp_path):
     from test_bench_runs import CONFIG
 
     data = make_builds(tmp_path)
-    cfg = CONFIG.split("[[grid]]")[0].replace('broken = "no_such_build"\n', "") + \
+    cfg = CONFIG.split("[[grid]]")[0].replace('broken = "broken"\n', "") + \
         '[[grid]]\ncriterion = ["l1"]\nratio = [0.5]\nseed = [0]\n'
     (tmp_path / "t.toml").write_text(cfg)
     res = tmp_path / "res"

@@ -30,7 +30,7 @@ reference = ["paper_table1"]
 [data]
 full = "full"
 sub = "sub"
-broken = "no_such_build"
+broken = "broken"
 image_size = 24
 resize = 24
 train_scale_min = 0.7
@@ -87,6 +87,26 @@ def make_builds(root: Path) -> Path:
     return data
 
 
+def make_broken_build(data: Path) -> Path:
+    """``data/broken``: the subset build with its training shards removed. It passes the checks made before
+    any cell runs (a build folder with a manifest) and fails when the cell reads its data."""
+    broken = data / "broken"
+    shutil.copytree(data / "sub", broken)
+    for shard in (broken / "train").glob("*.tar"):
+        shard.unlink()
+    return broken
+
+
+def builds_and_config(root: Path, text: str, name: str) -> tuple[Path, Path]:
+    """:func:`make_builds` and :func:`make_broken_build` under ``root``, and the config ``text`` written to
+    ``root/name``: ``(data root, config file)``."""
+    data = make_builds(root)
+    make_broken_build(data)
+    cfg = root / name
+    cfg.write_text(text)
+    return data, cfg
+
+
 def run_doc(root: Path, doc: dict, source: str):
     """Builds from :func:`make_builds` under ``root`` and every cell of the config ``doc`` run in-process on
     CPU (one thread): ``(config, results folder, state counts, data root)``."""
@@ -111,9 +131,7 @@ def run_cli(args, **kw):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    data = make_builds(root)
-    cfg = root / "tiny.toml"
-    cfg.write_text(CONFIG)
+    data, cfg = builds_and_config(root, CONFIG, "tiny.toml")
     results = root / "results"
     proc = run_cli(["run", str(cfg), "--out", str(results), "--data-root", str(data), "--device", "cpu",
                     "--no-progress", "--threads", "1"])
@@ -129,12 +147,13 @@ def test_failing_cell_is_recorded_and_the_rest_complete(setup):
     proc, results = setup["proc"], setup["results"]
     assert proc.returncode == 1, proc.stderr[-3000:]  # a failed cell makes the exit status 1
     assert "2 failed" in proc.stdout and "8 done" in proc.stdout, proc.stdout
-    states = json.loads(run_cli(["list", str(setup["cfg"]), "--out", str(results), "--json"], check=True).stdout)
+    states = json.loads(run_cli(["list", str(setup["cfg"]), "--out", str(results), "--data-root", str(setup["data"]),
+                                 "--json"], check=True).stdout)
     assert len(states) == 10
     for s in states:
         assert s["state"] == ("failed" if s["class_set"] == "broken" else "done"), s
     err = json.loads((results / next(s["id"] for s in states if s["class_set"] == "broken") / "error.json").read_text())
-    assert err["type"] == "FileNotFoundError" and "no_such_build" in err["message"]
+    assert err["type"] == "FileNotFoundError" and "broken" in err["message"], err
     md = run_cli(["leaderboard", str(results)], check=True).stdout
     assert "FileNotFoundError" in md and "failed" in md
 
@@ -147,7 +166,7 @@ def test_a_build_whose_classes_json_does_not_match_its_manifest_fails_its_cell(s
     shutil.copy(setup["data"] / "full" / "classes.json", data / "mixed" / "classes.json")
     shutil.copytree(setup["data"] / "full", data / "full")
     cfg = tmp_path / "mixed.toml"
-    cfg.write_text(CONFIG.split("[[grid]]")[0].replace('broken = "no_such_build"', 'mixed = "mixed"')
+    cfg.write_text(CONFIG.split("[[grid]]")[0].replace('broken = "broken"', 'mixed = "mixed"')
                    + '[baseline]\nunpruned = false\n\n[[grid]]\ncriterion = ["l1"]\nratio = [0.5]\n'
                    'class_set = ["mixed"]\n')
     proc = run_cli(["run", str(cfg), "--out", str(tmp_path / "results"), "--data-root", str(data),
@@ -235,7 +254,7 @@ def test_formats_agree(setup):
     md = run_cli(["leaderboard", str(results), "--format", "md"], check=True).stdout
     assert "| Criterion | 50% |" in md
     assert f"{100 * entry['top1']:.2f} ± {100 * entry['top1_std']:.2f} (2)" in md
-    assert "NOT measured" in md and "0.667" in md  # the reference section, kept apart
+    assert "NOT measured" in md and "| 66.7 |" in md  # the reference section (in percent), kept apart
 
 
 def _chromium():
@@ -311,8 +330,12 @@ def test_kill_and_resume_gives_the_same_leaderboard(setup, tmp_path):
     assert victim is not None, "the runner finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    states = json.loads(run_cli(["list", str(setup["cfg"]), "--out", str(results), "--json"], check=True).stdout)
+    states = json.loads(run_cli(["list", str(setup["cfg"]), "--out", str(results), "--data-root", str(setup["data"]),
+                                 "--json"], check=True).stdout)
     assert {s["id"]: s["state"] for s in states}[victim.name] == "partial"
+    refused = subprocess.run(cmd, capture_output=True, text=True)  # without --resume: refused, nothing deleted
+    assert refused.returncode == 2 and victim.name in refused.stderr and "--resume" in refused.stderr
+    assert (victim / "checkpoints").is_dir()
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert again.returncode == 1 and "8 done" in again.stdout, again.stderr[-3000:]
     assert (victim / "summary.json").is_file()
