@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import ExperimentConfig
 from .grid import expand_grid
-from .locks import holder
+from .locks import cell_lock, holder
 from .results import CELL_FILE, cell_state
 
 
@@ -50,7 +50,12 @@ def clean(cfg: ExperimentConfig, out: Path, stale: bool = False, dry_run: bool =
     if not out.is_dir():
         raise FileNotFoundError(f"results folder {out} not found")
     found = to_clean(cfg, out, stale)
-    if not dry_run:
-        for d, _ in found:
-            shutil.rmtree(d)
-    return found
+    if dry_run:
+        return found
+    removed = []
+    for d, why in found:
+        with cell_lock(out, d.name) as pid:  # held while deleting: a `run` cannot start the cell in between
+            if pid is None and cell_state(d) != "done":  # (nor has one finished it since it was listed)
+                shutil.rmtree(d)
+                removed.append((d, why))
+    return removed

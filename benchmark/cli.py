@@ -261,9 +261,14 @@ def _check_output(path: Path) -> None:
         except OSError as e:
             raise click.UsageError(f"-o {path}: cannot create {e.filename or path.parent}: {e.strerror or e}") from None
         click.echo(f"created folder {path.parent} (for -o {path})", err=True)
-    try:  # open for append: creates the file if missing, keeps its content; an unwritable target fails here
-        with open(path, "a", encoding="utf-8"):
-            pass
+    try:  # an existing target is opened for append (content kept); a new one is probed with a temporary file
+        if path.exists():  # beside it, so a refusal later leaves no empty file behind
+            with open(path, "a", encoding="utf-8"):
+                pass
+        else:
+            import tempfile
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+                pass
     except OSError as e:
         raise click.UsageError(f"-o {path} cannot be written: {e.strerror or e}") from None
 

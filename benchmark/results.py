@@ -46,6 +46,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CELL_FILE, ERROR_FILE, LATENCY_FILE, SUMMARY_FILE = "cell.json", "error.json", "latency.json", "summary.json"
+RUN_LOCK = ".lock"  # the engine's lock of a run directory (pruning.loop.rundir.LOCK_FILE): not progress
 _OLD_LATENCY_FILE = "bench.json"  # its name in older results folders
 STATES = ("done", "partial", "failed", "pending")
 
@@ -72,7 +73,7 @@ def cell_state(run_dir: str | Path) -> str:
         return "done"
     if (d / ERROR_FILE).is_file():
         return "failed"
-    if d.is_dir() and any(p.name != CELL_FILE for p in d.iterdir()):
+    if d.is_dir() and any(p.name not in (CELL_FILE, RUN_LOCK) for p in d.iterdir()):
         return "partial"
     return "pending"
 

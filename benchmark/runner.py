@@ -305,7 +305,8 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
     grid = expand_grid(cfg)  # once per run: the task's share and the config's record both come from it
     cells = partition(grid, task_index, num_tasks)
     check_record(cfg, out, sorted(c.id for c in grid))  # read only: before anything is written
-    refuse_invalid(cfg, cells, env)
+    # done cells are not run again: a moved build or weights file of theirs is no reason to refuse the others
+    refuse_invalid(cfg, [c for c in cells if cell_state(out / c.id) != "done"], env)
     if not resume:
         refuse_partial(cfg, cells, out)
     make_results_dir(out)

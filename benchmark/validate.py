@@ -14,35 +14,42 @@ from .grid import Cell
 from .resolve import CellEnv, ResolvedCell, resolve_cell
 
 
-def _model_layers(name: str, protocol: str, cache: dict):
-    """``prunable_layers(make_model(name, 10), protocol)`` (list) or the error's text; models built once."""
-    import pruning
+def _model(name: str, cache: dict):
     from pruning.loop.models import make_model
 
     if name not in cache:
         cache[name] = make_model(name, 10)
-    try:
-        return pruning.prunable_layers(cache[name], protocol)
-    except ValueError as e:
-        return str(e)
+    return cache[name]
+
+
+def _model_layers(name: str, protocol: str, cache: dict):
+    """``prunable_layers(make_model(name, 10), protocol)`` (list) or the error's text; each model built once,
+    each (model, protocol) resolved once (a protocol's dependency graph is not rebuilt for every cell)."""
+    import pruning
+
+    key = (name, protocol)
+    if key not in cache:
+        try:
+            cache[key] = pruning.prunable_layers(_model(name, cache), protocol)
+        except ValueError as e:
+            cache[key] = str(e)
+    return cache[key]
 
 
 def _layer_problem(cell: Cell, cache: dict) -> str | None:
+    from torch import nn
+
     layers = cell.loop_config.layers
     if cell.ratio == 0 and cell.kind == "prune":
         return None  # the unpruned baseline removes nothing
     if isinstance(layers, str):
         got = _model_layers(cell.model, layers, cache)
         return got if isinstance(got, str) else None
-    key = (cell.model, "all")
-    if key not in cache:
-        cache[key] = _model_layers(cell.model, "all", cache)
-    known = cache[key]
-    if isinstance(known, str):
-        return known
-    bad = [n for n in layers if n not in known]
+    modules = dict(_model(cell.model, cache).named_modules())  # any Conv2d, as the engine and apply_plan take
+    bad = [n for n in layers if not isinstance(modules.get(n), nn.Conv2d)]
     if bad:
-        return f"layers {bad} are not prunable convs of {cell.model}; prunable: {', '.join(known)}"
+        return (f"layers {bad} are not convs of {cell.model}; see `imagenet52p layers {cell.model}` for its "
+                "prunable convs")
     return None
 
 

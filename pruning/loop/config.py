@@ -76,10 +76,13 @@ def check_types(obj, kinds: dict) -> None:
 def _classes(name: str, value) -> tuple[int, ...] | None:
     if value is None:
         return None
-    if isinstance(value, (str, bytes)) or not all(_is(_INT, c) for c in _iter(value)):
+    if hasattr(value, "tolist"):  # a tensor or array of labels
+        value = value.tolist()
+    items = None if isinstance(value, (str, bytes)) else _iter(value)  # read once: a generator is consumed
+    if items is None or not all(_is(_INT, c) for c in items):
         raise ValueError(f"{name} must be a sequence of integer labels or None, got {value!r}")
     try:
-        out = tuple(int(c) for c in value)
+        out = tuple(int(c) for c in items)
     except TypeError:
         raise ValueError(f"{name} must be a sequence of integer labels or None, got {value!r}") from None
     if not out:
@@ -309,6 +312,8 @@ class RunOptions:
     stop_after: int | None = None
 
     def __post_init__(self) -> None:
+        if type(self.device).__name__ == "device" and type(self.device).__module__ == "torch":
+            object.__setattr__(self, "device", str(self.device))  # a torch.device, as torch takes it too
         check_types(self, {"device": "a name", "amp": _BOOL, "channels_last": _BOOL, "deterministic": _BOOL,
                            "num_workers": _INT, "progress": _BOOL, "keep_step_checkpoints": _BOOL,
                            "stop_after": _INT})

@@ -136,8 +136,8 @@ def _run(ctx: RunContext, resume: bool) -> dict:
         return done
     check_run(ctx)  # everything that would fail later, before anything is written
     torch.manual_seed(ctx.config.seed)
-    ck = ctx.out.prepare(ctx.run_hash, ctx.config, ctx.meta, resume)
     try:
+        ck = ctx.out.prepare(ctx.run_hash, ctx.config, ctx.meta, resume)  # takes the folder's lock
         if ck is not None:
             state = _resume(ctx, ck)
         else:
@@ -153,6 +153,8 @@ def _run(ctx: RunContext, resume: bool) -> dict:
         ctx.out.write_results(state.timing.to_dict(), summary)
     except (IndexError, KeyboardInterrupt) as exc:
         raise _explained(ctx, exc) from None
+    finally:
+        ctx.out.release()
     log.info("run %s done in %.1fs", ctx.run_hash, time.perf_counter() - t0)
     return summary
 
@@ -160,7 +162,7 @@ def _run(ctx: RunContext, resume: bool) -> dict:
 def _explained(ctx: RunContext, exc: BaseException) -> BaseException:
     """What to raise for ``exc`` of a running run: Ctrl-C as :class:`Interrupted` (saying that ``--resume``
     continues), a label beyond the classifier that the first batches did not show as a ``ValueError``."""
-    if isinstance(exc, Interrupted) or (isinstance(exc, IndexError) and "out of bounds" not in str(exc)):
+    if isinstance(exc, Interrupted) or (isinstance(exc, IndexError) and not str(exc).startswith("Target ")):
         return exc
     if isinstance(exc, KeyboardInterrupt):
         stop = Interrupted(ctx.out.path)

@@ -56,9 +56,21 @@ def _scores_with_labels(cfg) -> bool:
 
 
 def _first_batch(stream):
+    """The stream's first ``(images, labels)`` batch, read without touching the stream's own loader: a
+    DataLoader is read through a worker-free twin over the same dataset, so no worker pool is started (or
+    kept alive) here and the loader draws its workers' seed from the RNG where the run does, as without the
+    check.  None for a one-shot iterator (reading it would consume it)."""
+    import collections.abc
+
     data = stream.data
-    if not stream.map_style and iter(data) is data:
-        return None  # reading it would consume it
+    if isinstance(data, collections.abc.Iterator):
+        return None
+    if isinstance(data, torch.utils.data.DataLoader):
+        twin = torch.utils.data.DataLoader(data.dataset, batch_size=data.batch_size or 1, num_workers=0,
+                                           collate_fn=data.collate_fn)
+        for batch in twin:
+            return batch[0], batch[1]
+        return None
     for x, y in stream.batches(0):
         return x, y
     return None
@@ -105,12 +117,12 @@ def _check_labels(stream, outputs: int, whose: str, first=None) -> None:
     if outputs < 1:
         return
     labels = _cheap_labels(stream.data) if stream.map_style else None
-    if labels is not None and stream.classes is not None:
-        keep = set(stream.classes)
-        labels = [y for y in labels if y in keep]
     if labels is None:
         first = first if first is not None else _first_batch(stream)
         labels = [] if first is None else torch.as_tensor(first[1]).flatten().tolist()
+    if stream.classes is not None:  # the run's classes: other labels (e.g. -1, outside them) are dropped
+        keep = set(stream.classes)
+        labels = [y for y in labels if y in keep]
     bad = [int(y) for y in labels if not 0 <= int(y) < outputs]
     if bad:
         raise ValueError(f"the {stream.name} data has label {max(bad)}, but {whose} classifier has {outputs} "

@@ -165,6 +165,10 @@ def state_from_checkpoint(ck: dict) -> LoopState:
                      events_written=int(ck["events"]))
 
 
+#: The run directory's lock file (:meth:`RunDir.lock`); not part of the run's results.
+LOCK_FILE = ".lock"
+
+
 class RunDir:
     """The run directory ``path`` of one run (module docstring); ``path`` None writes nothing.  Only the
     main rank writes; with ``world > 1`` every rank waits at the points where the others must see a file."""
@@ -204,6 +208,7 @@ class RunDir:
         existing = self.path / "config.json"
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"out_dir {self.path} is a file, not a directory; give a new --out directory")
+        self.lock()  # one process per run directory, from here to the end of the run
         if existing.exists():
             old = self._read_config(existing)
             if self.failed_start():
@@ -228,6 +233,39 @@ class RunDir:
         if resume and last.exists():
             return load_checkpoint(last, run_hash)
         return None
+
+    def lock(self) -> None:
+        """Hold an exclusive ``flock`` on ``OUT/.lock`` (holding this pid) for the rest of the run, so a second
+        process on the same folder (a second command, or the same one) is refused naming the holder, instead
+        of taking a run that is still in its baseline for a failed start.  The kernel releases it when the
+        process dies; the file stays (removing it could let two processes lock two files of one path)."""
+        if not self.writes or getattr(self, "_lock", None) is not None:
+            return
+        import fcntl
+
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise ValueError(f"{self.path} is in use by another run (pid {pid}, lock {self.path / LOCK_FILE}); "
+                             "wait for it to finish, or use another --out directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def release(self) -> None:
+        """Give up the folder's lock (the end of the run, or its failure)."""
+        f = getattr(self, "_lock", None)
+        if f is not None:
+            self._lock = None
+            f.close()
 
     @staticmethod
     def _read_config(file: Path) -> dict:

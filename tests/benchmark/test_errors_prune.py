@@ -129,3 +129,27 @@ def test_criteria_and_layers_commands_come_from_the_library():
     assert "resnet50-16: 16" in r.stdout and "resnet50-32: 32" in r.stdout
     r = subprocess.run([cli("imagenet52p"), "layers", "vgg17"], capture_output=True, text=True)
     assert r.returncode == 2 and "no model 'vgg17'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_pid(tmp_path, build):
+    """While a run is in its baseline its folder holds only config.json and an empty events.jsonl, like a
+    failed start: a second command on that --out (another configuration, or the same one) is refused naming
+    the running one's pid, and never replaces or mixes into the running one's record."""
+    out = tmp_path / "run"
+    base = [a if a != "1" or prev != "--q" else "5000" for prev, a in zip([None, *BASE], BASE)]  # runs for long
+    first = subprocess.Popen([cli("imagenet52p"), "prune", "--data", str(build), "--out", str(out), *base],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "config.json").is_file() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        config = (out / "config.json").read_text()
+        for extra in (["--ratio", "0.25"], []):
+            rc, text = prune(build, out, *extra, ok=False, base=base)
+            assert f"pid {first.pid}" in text and "in use by another run" in text, text
+        assert first.poll() is None and (out / "config.json").read_text() == config  # untouched
+    finally:
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 130 and "--resume" in stderr, stderr
+    assert json.loads(config)["config"]["ratio"] == 0.5

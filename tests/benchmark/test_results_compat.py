@@ -72,3 +72,31 @@ def test_results_folder_written_before_the_move_is_done_and_nothing_reruns(tmp_p
     board = build_leaderboard(results)
     assert board["tables"] and all(t["baseline"] is not None for t in board["tables"] if t["kind"] == "prune")
     assert len(board["runs"]) == len(before) // 4
+
+
+def test_done_cells_are_not_refused_when_their_builds_have_moved(tmp_path):
+    """A finished results folder whose builds are no longer where the config says: nothing is left to run, so
+    `run` reports it done instead of refusing the grid over builds it does not need."""
+    cfg = load_config(FIX / "results_v2.toml")
+    results = tmp_path / "results"
+    shutil.copytree(FIX / "results_v2", results)
+    env = CellEnv(results_dir=str(results), data_root=str(tmp_path / "moved_away"), device="cpu", num_workers=0)
+    counts = run_grid(cfg, env, resume=True)
+    assert counts["done"] == len(list((FIX / "results_v2").iterdir())) and counts["failed"] == 0
+
+
+def test_explicit_conv_names_are_checked_as_the_engine_takes_them(tmp_path):
+    """Up-front validation accepts any Conv2d of the model, as the engine and apply_plan do (a coupled conv such
+    as a downsample included), and names a module that is not a conv."""
+    from benchmark.config import parse_config
+    from benchmark.validate import grid_problems
+
+    doc = {"name": "convs", "data": {"full": str(tmp_path)}, "model": {"name": "resnet18", "weights": "none"},
+           "baseline": {"unpruned": False},
+           "grid": [{"criterion": "l1", "ratio": 0.5, "layers": [["layer1.0.conv2", "layer2.0.downsample.0"]]},
+                    {"criterion": "l1", "ratio": 0.5, "layers": [["layer1.0.bn1"]]}]}
+    cfg = parse_config(doc, "convs.toml")
+    problems = grid_problems(cfg, expand_grid(cfg), CellEnv(results_dir=str(tmp_path / "r")))
+    layer_problems = {cid: [p for p in found if "layers" in p] for cid, found in problems.items()}
+    bad = [cid for cid, found in layer_problems.items() if found]
+    assert len(bad) == 1 and "layer1.0.bn1" in layer_problems[bad[0]][0]

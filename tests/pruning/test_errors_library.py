@@ -240,3 +240,24 @@ def test_scoring_labels_are_checked_only_for_criteria_that_use_them(tmp_path):
     with pytest.raises(ValueError, match="label 5"):
         run_loop(make_model("tinyvgg", 3, seed=0), cfg, train, val, None, score, out_dir=tmp_path / "t", options=quiet)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_checks_start_no_worker_pool_and_draw_nothing_from_the_rng(data):
+    """The checks before a run read first batches through worker-free twins of the loaders: the loaders'
+    own iterators (and with them persistent worker pools, whose seed a loader draws from the global RNG
+    when it starts) are left unstarted, and the RNG is where it was, so a run with workers gets the numbers
+    it got without the checks."""
+    from torch.utils.data import DataLoader
+
+    from pruning.loop import LoopConfig
+    from pruning.loop.engine import _open
+    from pruning.loop.preflight import check_run
+
+    loaders = [DataLoader(d, batch_size=8, num_workers=2, persistent_workers=True) for d in data]
+    cfg = LoopConfig("taylor", 0.5, layers="all", p=0, q=0, batch_size=8)
+    ctx = _open(make_model("tinyvgg", 4, seed=0), cfg, *loaders, options=QUIET)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    check_run(ctx)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(loader._iterator is None for loader in loaders)  # no pool started, none kept alive
