@@ -150,14 +150,14 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
 
 
 def _check_device(device: str | None) -> None:
+    """The library's device check (:func:`pruning.loop.train.check_device`), named by the option."""
     if device is None:
         return
-    import torch
+    from pruning.loop.train import check_device
     try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        raise click.BadParameter(f"{device!r} is not a torch device; use cpu, cuda or cuda:N",
-                                 param_hint="--device") from None
+        check_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
 
 
 def _run_and_report(spec, cfg, out_dir, options, resume: bool) -> None:

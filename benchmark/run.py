@@ -105,22 +105,6 @@ def _check_num_classes(num_classes: int, data: RunData, spec: RunSpec) -> None:
                          "model the weights were saved from")
 
 
-def check_input_size(model, image_size: int, name: str) -> None:
-    """One forward of a zero image of ``image_size`` (eval mode, no gradient; no RNG is drawn), so an input too
-    small for the architecture is refused before the run directory is written, naming the option."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--image-size {image_size}: {name} cannot take {image_size}x{image_size} inputs "
-                         f"({first}); use a larger --image-size (e.g. 224, or 32 for tinyvgg)") from None
-    finally:
-        model.train(was_training)
-
-
 def world_size() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
@@ -148,7 +132,6 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     num_classes = spec.num_classes or (1000 if restricting else data.num_labels)
     _check_num_classes(num_classes, data, spec)
     model, _ = apply_head(make_model(spec.model, num_classes, weights=spec.weights, seed=spec.init_seed), data)
-    check_input_size(model, spec.image_size, spec.model)
     # the data path is not part of the run's identity (a moved build resumes); its manifest is
     spec_meta = {k: v for k, v in spec.to_dict().items() if k != "data"}
     describe = {k: v for k, v in data.describe.items() if k != "path"}

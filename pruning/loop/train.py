@@ -37,7 +37,7 @@ from .data import DataStream, dist_info
 log = logging.getLogger(__name__)
 
 
-def _device(device) -> torch.device:
+def check_device(device) -> torch.device:
     """``torch.device(device)`` of a device this machine has; a ``ValueError`` naming the valid ones otherwise."""
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     valid = "cpu" + (f", cuda, cuda:0..cuda:{n - 1}" if n else " (no CUDA device here)")
@@ -66,7 +66,7 @@ class Runtime:
                deterministic: bool = False) -> "Runtime":
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = _device(device)
+        dev = check_device(device)
         if dev.type == "cuda" and dev.index is None and torch.distributed.is_initialized():
             # the GPU of this process on its node (torchrun's LOCAL_RANK), as init_distributed chose it
             local = int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank()))
