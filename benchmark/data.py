@@ -172,13 +172,14 @@ def _has_test(build: Path) -> bool:
 
 def open_data(path, *, head: str = "full", label_space: str = "subset", classes: str | None = None,
               model_classes=None, sizes: Transforms = Transforms(), batch_size: int = 64, num_workers: int = 4,
-              seed: int = 0, score_batch_size: int | None = None) -> RunData:
+              seed: int = 0, score_batch_size: int | None = None, score: bool = True) -> RunData:
     """Open a build or folders tree (module docstring) with the head ``head``.
 
     ``batch_size`` is the per-process micro-batch of the loaders (``LoopConfig.micro_batch``);
     ``score_batch_size`` the scoring loader's (the global ``batch_size``; default ``batch_size``).
     ``classes``: a class set (``imagenet52p``, ``random52``, a wnid list file) restricting the run to those
-    classes.  ``model_classes``: the starting classifier's class set (overrides ``label_space``)."""
+    classes.  ``model_classes``: the starting classifier's class set (overrides ``label_space``).  ``score``:
+    also open the scoring loader (False: the caller scores other data, as a grid cell does)."""
     from imagenet52p import transforms as T
     from imagenet52p.classes import imagenet1k_set, load_class_set
 
@@ -211,7 +212,7 @@ def open_data(path, *, head: str = "full", label_space: str = "subset", classes:
                                                              num_workers, target)
         train, val = split("train", "train"), split("val", "val")
         test = split("test", "test") if _has_test(root) else None
-        score = split("train", "score", score_batch_size or batch_size)
+        score = split("train", "score", score_batch_size or batch_size) if score else None
     else:
         train, val, test, score = _folders(root, sizes, target)
     num_labels = chosen.num_labels if chosen is not None else len(train.classes)

@@ -213,7 +213,7 @@ def execute_cell(cfg, cell: Cell, run_dir: str | Path, env: CellEnv, rc: Resolve
     start = _start_model(rc)
     data = open_data(rc.build, head=start.head, model_classes=start.model_classes, sizes=rc.sizes,
                      batch_size=lc.micro_batch(dist_info()[1]), num_workers=rc.workers, seed=lc.seed,
-                     score_batch_size=lc.batch_size)
+                     score_batch_size=lc.batch_size, score=False)  # its scoring data: _scoring
     # a cell's build is its class set: the head's `keep` filters nothing, and the cell's loop options
     # (its identity) stay as the grid gives them
     model, full_head = apply_head(start.model, data, full_head=cell.score_head == "full")
