@@ -66,8 +66,11 @@ def _first_batch(stream):
     if isinstance(data, collections.abc.Iterator):
         return None
     if isinstance(data, torch.utils.data.DataLoader):
-        twin = torch.utils.data.DataLoader(data.dataset, batch_size=data.batch_size or 1, num_workers=0,
-                                           collate_fn=data.collate_fn)
+        # batched as the loader batches: its batch size, its batch sampler, or none (batch_size=None: the
+        # dataset yields batches itself, as a webdataset pipeline does)
+        batching = ({"batch_size": data.batch_size} if data.batch_size is not None else
+                    {"batch_sampler": data.batch_sampler} if data.batch_sampler is not None else {"batch_size": None})
+        twin = torch.utils.data.DataLoader(data.dataset, num_workers=0, collate_fn=data.collate_fn, **batching)
         for batch in twin:
             return batch[0], batch[1]
         return None

@@ -261,3 +261,21 @@ def test_the_checks_start_no_worker_pool_and_draw_nothing_from_the_rng(data):
     check_run(ctx)
     assert torch.equal(torch.get_rng_state(), before)
     assert all(loader._iterator is None for loader in loaders)  # no pool started, none kept alive
+
+
+def test_a_loader_whose_dataset_batches_itself_passes_the_checks(tmp_path, data):
+    """DataLoader(batch_size=None) over a dataset that yields whole batches (how a webdataset pipeline is
+    usually read): the checks read its first batch as the run does, and the run goes through."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Batches(IterableDataset):
+        def __init__(self, ds):
+            self.x, self.y = ds.tensors
+
+        def __iter__(self):
+            return iter([(self.x[i:i + 8], self.y[i:i + 8]) for i in range(0, len(self.y), 8)])
+
+    train, val = (DataLoader(Batches(d), batch_size=None) for d in data[:2])
+    s = prune_finetune(make_model("tinyvgg", 3, seed=0), "l1", 0.5, ["features.8"], train, val, p=0, q=0,
+                       batch_size=8, out_dir=tmp_path / "run", options=QUIET, train_pass_images=24)
+    assert s["steps"][0]["per_layer"] == {"features.8": [32, 16]}
