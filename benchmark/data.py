@@ -31,6 +31,7 @@ else the data's own.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,4 +253,7 @@ def _folders(root: Path, sizes: Transforms, target):
             ds.targets = [target(t) for t in ds.targets]
         return ds
 
-    return split("train", "train"), split("val", "val"), split("test", "test"), split("train", "score")
+    train = split("train", "train")
+    score = copy.copy(train)  # the same samples and targets (the tree is walked once), with the eval transform
+    score.transform = sizes.for_role("score")
+    return train, split("val", "val"), split("test", "test"), score
