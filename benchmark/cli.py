@@ -28,8 +28,8 @@ from .report import FORMATS, render
 
 
 def _os_message(e: OSError) -> str:
-    where = e.filename if e.filename is not None else "a file"
-    return f"{where}: {e.strerror or e}" + (f" (and {e.filename2})" if e.filename2 else "")
+    from imagenet52p.cli_errors import os_message  # the data CLIs' one wording of a system error
+    return os_message(e)
 
 
 def _clean_errors(fn):

@@ -192,9 +192,9 @@ def user_errors(out_dir):
     except WriteError as exc:  # names the file being written, the reason, and that --resume continues
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        where = exc.filename or out_dir
-        text = exc.strerror or str(exc)
-        raise click.ClickException(f"{where}: {text}; check that the path exists and is writable (a run stopped "
+        from imagenet52p.cli_errors import os_message
+        where = os_message(exc) if exc.filename is not None else f"{out_dir}: {exc.strerror or exc}"
+        raise click.ClickException(f"{where}; check that the path exists and is writable (a run stopped "
                                    "by a full disk continues with --resume once there is space)") from None
 
 

@@ -58,11 +58,13 @@ def _build_problem(rc: ResolvedCell, class_set: str) -> str | None:
         build = rc.build_of(class_set)
     except ValueError as e:
         return str(e)
-    if not build.is_dir():
-        return f"build directory {build} of class set {class_set!r} not found (set [data] {class_set}, " \
-               f"--data {class_set}=PATH or --data-root)"
-    if not (build / "manifest.json").is_file():
-        return f"{build} (class set {class_set!r}) has no manifest.json: not a build (make one with build-imagenet52p)"
+    from imagenet52p.format import load_manifest  # the one reader: presence, resumable builds, shape
+
+    try:
+        load_manifest(build)
+    except (FileNotFoundError, ValueError) as e:
+        return f"build of class set {class_set!r} not found or not usable (set [data] {class_set}, " \
+               f"--data {class_set}=PATH or --data-root): {e}"
     return None
 
 
