@@ -214,7 +214,14 @@ def test_two_identical_runs_at_once_never_share_a_cell(env, tmp_path):
     for d in cells:
         assert (d / "summary.json").is_file() and not (d / "error.json").exists(), d
     done = sum(int(so.split(" done")[0].split()[-1]) for so, _ in outs if " done" in so)
-    assert done >= 4  # each cell ran in exactly one process; the other found it done or running
+    assert done >= 4
+    # each cell was trained by exactly one process: a cell both had run would hold two baseline evaluations
+    # in its event log (or a restarted one), and its summary would not be the one its last events describe
+    for d in cells:
+        events = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()]
+        assert [e["event"] for e in events].count("baseline") == 1, d
+        assert json.loads((d / "summary.json").read_text())["run_hash"] == \
+            json.loads((d / "config.json").read_text())["run_hash"], d
 
 
 def test_clean_removes_failed_and_partial_cells_only(env, tmp_path):
