@@ -45,18 +45,21 @@ def is_map_style(data) -> bool:
             and hasattr(data, "__getitem__") and hasattr(data, "__len__"))
 
 
-def dataset_labels(ds) -> list[int]:
+def dataset_labels(ds, read_items: bool = True) -> list[int] | None:
     """Labels of a map-style dataset, without decoding images when possible
-    (``targets``, ``TensorDataset``, ``Subset`` of those); otherwise reads every item."""
+    (``targets``, ``labels``, ``TensorDataset``, ``Subset`` of those); otherwise reads every item, or, with
+    ``read_items=False``, returns None."""
     if isinstance(ds, Subset):
-        inner = dataset_labels(ds.dataset)
-        return [inner[i] for i in ds.indices]
+        inner = dataset_labels(ds.dataset, read_items)
+        return None if inner is None else [inner[i] for i in ds.indices]
     if isinstance(ds, torch.utils.data.TensorDataset):
         return [int(v) for v in ds.tensors[1].tolist()]
     for attr in ("targets", "labels"):
         t = getattr(ds, attr, None)
         if t is not None and not callable(t) and len(t) == len(ds):
             return [int(v) for v in (t.tolist() if torch.is_tensor(t) else t)]
+    if not read_items:
+        return None
     log.warning("%s has no .targets; reading all %d items to find labels", type(ds).__name__, len(ds))
     return [int(ds[i][1]) for i in range(len(ds))]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .context import RunContext
+from .data import dataset_labels
 from .rng import rng_preserved
 
 
@@ -103,23 +104,10 @@ def _outputs(ctx: RunContext, x: torch.Tensor) -> int:
     return int(out.shape[1])
 
 
-def _cheap_labels(data) -> list[int] | None:
-    """Every label of a map-style dataset that holds them as a tensor or list (no image read), else None."""
-    if isinstance(data, torch.utils.data.Subset):
-        inner = _cheap_labels(data.dataset)
-        return None if inner is None else [inner[i] for i in data.indices]
-    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) > 1:
-        return data.tensors[1].flatten().tolist()
-    t = getattr(data, "targets", None)
-    if t is not None and not callable(t) and hasattr(t, "__len__"):
-        return t.flatten().tolist() if torch.is_tensor(t) else list(t)
-    return None
-
-
 def _check_labels(stream, outputs: int, whose: str, first=None) -> None:
     if outputs < 1:
         return
-    labels = _cheap_labels(stream.data) if stream.map_style else None
+    labels = dataset_labels(stream.data, read_items=False) if stream.map_style else None
     if labels is None:
         first = first if first is not None else _first_batch(stream)
         labels = [] if first is None else torch.as_tensor(first[1]).flatten().tolist()
