@@ -80,6 +80,10 @@ from .build_cli import info_cmd, verify_cmd  # noqa: E402
 main.add_command(verify_cmd)
 main.add_command(info_cmd)
 
+from .voc.cli import voc_group  # noqa: E402
+
+main.add_command(voc_group)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
