@@ -17,6 +17,16 @@ the whole group is pruned with the same indices.  Naming two members with differ
 *original* architecture (``current_plan(model)``: conv name -> kept original filter indices, for every
 conv whose outputs were removed, coupled members included).  Replaying that cumulative plan on a fresh
 model reproduces the shapes exactly; :mod:`pruning.plan` saves it beside the state_dict.
+
+**Tracing proxies.**  A model whose forward hides a consumer from autograd (torchvision's Faster R-CNN
+detaches the RPN's outputs, so a trace from the detections never reaches the RPN conv) may define
+``pruning_proxy()``: an ``nn.Module`` that *shares* the model's submodules under the same attribute paths
+and whose ``forward(example_input)`` reaches every consumer of the prunable convs.  :func:`build_graph`
+then traces the proxy instead of the model; plan names, :func:`current_plan` and the recorded input shape
+stay in the model's own namespace (``pruning.detection.model.VGGFasterRCNN`` is the one user).
+
+**Frozen parameters stay frozen.**  Torch-Pruning replaces a pruned weight by a new ``nn.Parameter``
+(``requires_grad=True``); :func:`apply_plan` restores ``requires_grad=False`` on every parameter that had it.
 """
 from __future__ import annotations
 
@@ -67,11 +77,13 @@ def _tp():
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, traced in eval mode (no BN statistics change)."""
+    """Torch-Pruning's dependency graph of ``model`` (of ``model.pruning_proxy()`` where the model has one:
+    module docstring), traced in eval mode (no BN statistics change); the model's mode is restored after."""
     if not isinstance(example_input, torch.Tensor):
         raise ValueError(f"example_input must be a tensor batch (N, C, H, W); got {type(example_input).__name__}")
     with eval_mode(model), torch.enable_grad():
-        return _tp().DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        traced = model.pruning_proxy() if hasattr(model, "pruning_proxy") else model
+        return _tp().DependencyGraph().build_dependency(traced, example_inputs=example_input, verbose=False)
 
 
 def _conv_members(graph: tp.DependencyGraph, group) -> List[Tuple[str, List[int]]]:
@@ -158,6 +170,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     cumulative: Dict[str, List[int]] = getattr(model, _PLAN_ATTR, {})
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     done: Dict[str, List[int]] = {}  # conv -> kept indices (current numbering) pruned in this call
     removed = 0
     for name in sorted(plan, key=order.__getitem__):
@@ -186,6 +199,9 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
             before = cumulative.get(member, list(range(n)))
             cumulative[member] = [before[i] for i in kept_now]
         removed += len(drop)
+    for pname, p in model.named_parameters():
+        if pname in frozen:  # Torch-Pruning's new Parameters default to requires_grad=True
+            p.requires_grad_(False)
     setattr(model, _PLAN_ATTR, cumulative)
     setattr(model, _SHAPE_ATTR, list(example_input.shape))
     log.info("removed %d filters from %d conv(s) of %s", removed, len(done), type(model).__name__)
