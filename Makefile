@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: all install wordnet test test-heavy demo bench-gpu clean
+.PHONY: all install wordnet test test-heavy demo detect-demo bench-gpu clean
 
 all: test
 
@@ -39,6 +39,11 @@ test-heavy: $(STAMP) wordnet
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+# Detection (paper sec. 6) on CPU: the demo's backbones (run first when missing) in a tiny Faster R-CNN on a
+# synthetic VOC tree (scripts/detect_demo.py).
+detect-demo: $(STAMP)
+	$(PY) scripts/detect_demo.py --out $(DEMO_OUT)
 
 # Every GPU measurement of the README in one folder (needs a CUDA GPU; see scripts/bench_gpu.sh).
 BENCH_OUT ?= bench_gpu_out

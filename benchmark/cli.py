@@ -73,13 +73,13 @@ def _workers(fn):
                         help="DataLoader workers (default: [data].num_workers).")(fn)
 
 
-def _parse_data(values) -> dict:
+def _parse_data(values, option: str = "--data") -> dict:
     out = {}
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise click.BadParameter(f"{v!r} is not NAME=PATH (e.g. --data imagenet52p=/data/in52p)",
-                                     param_hint="--data")
+            eg = "--data imagenet52p=/data/in52p" if option == "--data" else f"{option} imagenet1k=results/table1_vgg16"
+            raise click.BadParameter(f"{v!r} is not NAME=PATH (e.g. {eg})", param_hint=option)
         out[name] = path
     return out
 
@@ -118,6 +118,8 @@ def _results_dir(cfg, out):
 @click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
 @click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--upstream", "upstream", multiple=True,
+              help="NAME=RESULTS: detection configs: the results folder of [upstream.NAME] (its backbones).")
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
               help="GPUs per cell: >1 runs each cell under torchrun --standalone.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
@@ -125,8 +127,8 @@ def _results_dir(cfg, out):
 @_workers
 @_verbose
 @_clean_errors
-def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root, weights, workers, num_workers_old,
-            nproc_per_node, threads, progress) -> None:
+def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root, weights, upstream, workers,
+            num_workers_old, nproc_per_node, threads, progress) -> None:
     """Run every cell of CONFIG (this task's share) that is not complete."""
     if threads is not None:
         import torch
@@ -137,7 +139,7 @@ def run_cmd(config, out, device, task_index, num_tasks, resume, data, data_root,
 
     cfg = load_config(config)
     env = CellEnv(results_dir=str(_results_dir(cfg, out)), data_root=data_root, data=_parse_data(data),
-                  weights=weights, device=device,
+                  weights=weights, device=device, upstream=_parse_data(upstream, "--upstream"),
                   num_workers=workers if workers is not None else num_workers_old, progress=progress)
     counts = run_grid(cfg, env, task_index, num_tasks, resume, nproc_per_node)
     click.echo(f"{cfg.name} task {task_index}/{num_tasks}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -166,12 +168,16 @@ def estimate_cmd(config, train_ips, eval_ips, data, data_root) -> None:
     """Expected cost of CONFIG: images trained/evaluated and GPU-hours (formula in benchmark.estimate).
     Split sizes are counted from the builds when they are found, else assumed (printed per class set)."""
     from .config import load_config
-    from .estimate import DEFAULT_EVAL_IPS, DEFAULT_TRAIN_IPS, estimate
+    from .estimate import estimate
 
-    e = estimate(load_config(config), train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS,
-                 data_root=data_root, data=_parse_data(data))
+    cfg = load_config(config)
+    detection = cfg.task == "detection"  # its own assumed throughputs (benchmark.detection.estimate)
+    e = estimate(cfg, train_ips, eval_ips, data_root=data_root, data=_parse_data(data))
     for name, s in e["sizes"].items():
-        click.echo(f"  {name}: {s['train']} train, {s['val']} val, {s['test']} test images ({s['source']})")
+        if detection:
+            click.echo(f"  VOC {name}: {s['train']} images ({s['source']})")
+        else:
+            click.echo(f"  {name}: {s['train']} train, {s['val']} val, {s['test']} test images ({s['source']})")
     click.echo(f"{config}: {e['cells']} cells, {e['train_images'] / 1e6:.1f}M images trained, "
                f"{e['eval_images'] / 1e6:.1f}M evaluated -> {e['gpu_hours']:.1f} GPU-hours "
                f"({e['per_cell_gpu_hours']:.2f} per cell) at {e['train_ips']:g} train / {e['eval_ips']:g} eval img/s")
@@ -185,9 +191,11 @@ def estimate_cmd(config, train_ips, eval_ips, data, data_root) -> None:
 @click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
 @click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--upstream", "upstream", multiple=True,
+              help="NAME=RESULTS: detection configs: the results folder of [upstream.NAME] (its backbones).")
 @_verbose
 @_clean_errors
-def list_cmd(config, out, num_tasks, as_json, data, data_root, weights) -> None:
+def list_cmd(config, out, num_tasks, as_json, data, data_root, weights, upstream) -> None:
     """Show the cells of CONFIG and their state (done / partial / failed / pending / invalid: cannot run)."""
     from .config import load_config
     from .resolve import CellEnv
@@ -195,7 +203,8 @@ def list_cmd(config, out, num_tasks, as_json, data, data_root, weights) -> None:
 
     cfg = load_config(config)
     results = _results_dir(cfg, out)
-    env = CellEnv(results_dir=str(results), data_root=data_root, data=_parse_data(data), weights=weights)
+    env = CellEnv(results_dir=str(results), data_root=data_root, data=_parse_data(data), weights=weights,
+                  upstream=_parse_data(upstream, "--upstream"))
     rows = grid_states(cfg, results, num_tasks, env)
     if as_json:
         click.echo(json.dumps(rows, indent=1))

@@ -84,7 +84,7 @@ SCORE_HEADS = ("full", "cell")
 
 CELL_FIELDS = ("kind", "model", "init", "class_set", "head", "score_data", "score_head")
 LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopConfig) if f.name != "version")
-TOP_KEYS = ("name", "description", "reference", "estimate_gpu_hours", "data", "model", "pretrain",
+TOP_KEYS = ("name", "task", "description", "reference", "estimate_gpu_hours", "data", "model", "pretrain",
             "base", "baseline", "grid")
 DATA_KEYS = ("image_size", "resize", "num_workers", "train_scale_min", "latency_batch_size")
 MODEL_KEYS = ("name", "weights", "num_classes")
@@ -99,8 +99,9 @@ def _check_keys(where: str, got: dict, valid, source: str) -> None:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
-    """A parsed config file.  ``source`` is where it came from (for error messages)."""
+class ConfigHead:
+    """What every config has, whatever its task: name, grid tables, where it came from (for error messages),
+    description, reference tables and the quoted GPU-hours."""
 
     name: str
     grid: tuple[dict, ...]
@@ -108,6 +109,12 @@ class ExperimentConfig:
     description: str = ""
     reference: tuple[str, ...] = ()
     estimate_gpu_hours: float | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(ConfigHead):
+    """A parsed classification config file (module docstring)."""
+
     data: dict = field(default_factory=dict)        # class_set -> build path (as written)
     data_options: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
@@ -115,6 +122,7 @@ class ExperimentConfig:
     base: dict = field(default_factory=dict)
     unpruned: bool = True
     baseline_finetune: bool = True
+    task: str = "classification"  # a detection config is a benchmark.detection.config.DetectionConfig
 
     @property
     def class_sets(self) -> tuple[str, ...]:
@@ -154,7 +162,14 @@ def _resolve(raw: str, data_root) -> Path:
 
 
 def parse_config(doc: dict, source: str = "<dict>") -> ExperimentConfig:
-    """Validate a TOML document (already parsed) and return an :class:`ExperimentConfig`."""
+    """Validate a TOML document (already parsed) and return an :class:`ExperimentConfig` (a
+    :class:`benchmark.detection.config.DetectionConfig` for ``task = "detection"``)."""
+    task = doc.get("task", "classification")
+    if task == "detection":
+        from .detection.config import parse_detection_config
+        return parse_detection_config(doc, source)
+    if task != "classification":
+        raise ValueError(f"{source}: task = {task!r} is not one of classification, detection")
     _check_keys("the top level", doc, TOP_KEYS, source)
     if not isinstance(doc.get("name"), str) or not doc["name"]:
         raise ValueError(f"{source}: `name = \"...\"` is required at the top level")

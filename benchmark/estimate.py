@@ -79,10 +79,14 @@ def _sizes(cfg: ExperimentConfig, class_set: str, sizes: dict, data_root=None, d
                      "--data-root to point at the build")
 
 
-def estimate(cfg: ExperimentConfig, train_ips: float = DEFAULT_TRAIN_IPS, eval_ips: float = DEFAULT_EVAL_IPS,
+def estimate(cfg: ExperimentConfig, train_ips: float | None = None, eval_ips: float | None = None,
              sizes: dict | None = None, data_root=None, data: dict | None = None) -> dict:
     """``{"cells", "train_images", "eval_images", "gpu_hours", "per_cell_gpu_hours", "sizes"}`` for ``cfg``
     (``sizes``: per class set, the split sizes used and where they came from)."""
+    if cfg.task == "detection":
+        from .detection.estimate import estimate_detection
+        return estimate_detection(cfg, train_ips, eval_ips, data_root, data)
+    train_ips, eval_ips = train_ips or DEFAULT_TRAIN_IPS, eval_ips or DEFAULT_EVAL_IPS  # None: the assumed ones
     sizes = sizes or SET_SIZES
     used: dict = {}
     size_of = functools.partial(_sizes, cfg, sizes=sizes, data_root=data_root, data=data, used=used)

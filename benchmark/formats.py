@@ -12,7 +12,7 @@ import csv
 import io
 import json
 
-from .leaderboard import METRICS, PROVENANCE
+from .leaderboard import DET_METRICS, DET_PROVENANCE, METRICS, PROVENANCE
 from .reference import display_rows, reference_tables
 
 DETAIL_COLUMNS = (
@@ -22,6 +22,20 @@ DETAIL_COLUMNS = (
     ("images_finetune", "Images fine-tune", "int"), ("images_scoring", "Images scoring", "int"),
     ("params", "Params", "int"), ("params_target", "Params target (reduced: the pruned arch.)", "int"),
 )
+
+#: The detail columns of a detection table (benchmark.detection.results defines each).
+DET_DETAIL_COLUMNS = (
+    ("map07", "mAP (VOC07 11-pt)", "pct"), ("map10", "mAP (VOC2010+ area)", "pct"), ("fps", "fps", "f1"),
+    ("fps_base", "fps unpruned", "f1"), ("fps_speedup", "fps speedup", "x"),
+    ("predicted_speedup", "GFLOPs-predicted speedup", "x"), ("speedup_vs_predicted", "measured / predicted", "x"),
+    ("gflops", "GFLOPs", "f2"), ("gflops_reduction", "GFLOPs −", "pct"), ("params_reduction", "Params −", "pct"),
+)
+#: How a table's metric is named in its header and notes.
+METRIC_NAMES = {"top1": "Top-1", "map07": "mAP (VOC07 11-point)"}
+
+
+def _columns(t: dict) -> tuple:
+    return DETAIL_COLUMNS if t.get("metric", "top1") == "top1" else DET_DETAIL_COLUMNS
 
 
 def fmt(v, kind: str = "pct", std=None, n: int | None = None) -> str:
@@ -33,6 +47,8 @@ def fmt(v, kind: str = "pct", std=None, n: int | None = None) -> str:
         s = f"{v:.2f}×" + ("" if std is None else f" ± {std:.2f}")
     elif kind == "int":
         s = f"{v:,.0f}"
+    elif kind in ("f1", "f2"):
+        s = f"{v:.{kind[1]}f}" + ("" if std is None else f" ± {std:.{kind[1]}f}")
     else:
         s = f"{v:g}" if std is None else f"{v:.2f} ± {std:.2f}"
     return s + (f" ({n})" if n and n > 1 else "")
@@ -48,18 +64,32 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _prov(e: dict) -> list[str]:
-    return [", ".join(x[:12] if p in ("hash", "config_hash", "class_sha256") else x for x in e[p]) or "—"
-            for p in PROVENANCE]
+#: The provenance columns of a detail table: ``(entry key, header)``.
+PROV_COLUMNS = (("hash", "Cell hash"), ("config_hash", "Run config hash"), ("code_version", "Code"),
+                ("class_sha256", "Class sha256"), ("device", "Device"), ("score_data", "Scoring data"),
+                ("score_head", "Scoring loss"))
+DET_PROV_COLUMNS = (("hash", "Cell hash"), ("upstream_cell", "Upstream cell"), ("code_version", "Code"),
+                    ("device", "Device"))
+
+
+def _prov_columns(t: dict) -> tuple:
+    return PROV_COLUMNS if t.get("metric", "top1") == "top1" else DET_PROV_COLUMNS
+
+
+def _prov(e: dict, columns=PROV_COLUMNS) -> list[str]:
+    return [", ".join(x[:12] if p in ("hash", "config_hash", "class_sha256") else x for x in e.get(p, ())) or "—"
+            for p, _ in columns]
 
 
 def main_grid(t: dict) -> tuple[list[str], list[list[str]]]:
-    """The paper-shaped table: rows criteria (baseline first), columns ratios, cells top-1."""
+    """The paper-shaped table: rows criteria (baseline first), columns ratios, cells the table's metric (top-1;
+    VOC07 mAP for detection)."""
+    m = t.get("metric", "top1")
     header = ["Criterion"] + [_ratio(r) for r in t["ratios"]]
     rows = []
     b = t["baseline"]
     if b is not None:
-        rows.append(["unpruned (baseline)"] + [fmt(b["top1"], "pct", b["top1_std"], b["n"])] * len(t["ratios"]))
+        rows.append(["unpruned (baseline)"] + [fmt(b[m], "pct", b[m + "_std"], b["n"])] * len(t["ratios"]))
     idx = {(e["criterion"], e["ratio"]): e for e in t["entries"]}
     for c in t["criteria"]:
         cells = []
@@ -70,21 +100,21 @@ def main_grid(t: dict) -> tuple[list[str], list[list[str]]]:
             elif e["n"] == 0:
                 cells.append("failed" if e["n_failed"] else "not run")
             else:
-                cells.append(fmt(e["top1"], "pct", e["top1_std"], e["n"]))
+                cells.append(fmt(e[m], "pct", e[m + "_std"], e["n"]))
         rows.append([c] + cells)
     return header, rows
 
 
 def detail_rows(t: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Criterion", "Ratio", "Seeds"] + [h for _, h, _ in DETAIL_COLUMNS] + \
-             ["Cell hash", "Run config hash", "Code", "Class sha256", "Device", "Scoring data", "Scoring loss",
-              "Errors"]
+    columns = _columns(t)
+    prov = _prov_columns(t)
+    header = ["Criterion", "Ratio", "Seeds"] + [h for _, h, _ in columns] + [h for _, h in prov] + ["Errors"]
     rows = []
     for e in ([t["baseline"]] if t["baseline"] else []) + t["entries"]:
         name = "unpruned" if e is t["baseline"] else e["criterion"]
-        cols = [fmt(e[m], k, e.get(m + "_std")) for m, _, k in DETAIL_COLUMNS]
+        cols = [fmt(e.get(m), k, e.get(m + "_std")) for m, _, k in columns]
         errs = "; ".join(e["errors"])[:200] or ("" if not e["n_unfinished"] else f"{e['n_unfinished']} unfinished")
-        rows.append([name, _ratio(e["ratio"]), f"{e['n']}/{e['n_runs']}"] + cols + _prov(e) + [errs])
+        rows.append([name, _ratio(e["ratio"]), f"{e['n']}/{e['n_runs']}"] + cols + _prov(e, prov) + [errs])
     return header, rows
 
 
@@ -106,6 +136,22 @@ OVERALL_NOTE = (
     "and counted. Mean top-1 / damage: means over the criterion's columns.")
 
 
+def _metric_name(board: dict) -> str:
+    metric = board["overall"][0].get("metric", "top1") if board["overall"] else "top1"
+    return METRIC_NAMES.get(metric, metric)
+
+
+def overall_title(board: dict) -> str:
+    name = _metric_name(board)
+    return f"Overall ranking (mean normalised rank of {'top-1' if name == 'Top-1' else name} over every table × ratio column)"
+
+
+def overall_note(board: dict) -> str:
+    """:data:`OVERALL_NOTE`, with the board's metric (top-1, or mAP on a detection board)."""
+    name = _metric_name(board)
+    return OVERALL_NOTE if name == "Top-1" else OVERALL_NOTE.replace("top-1", name).replace("top1", "mAP")
+
+
 def _pp(v, std=None) -> str:
     if v is None:
         return "—"
@@ -123,8 +169,13 @@ def overall_rows(board: dict) -> tuple[list[str], list[list[str]]]:
             "(reference)" if rand else _pp(o["vs_random"], o["vs_random_std"]),
             "—" if o["vs_random_se"] is None else f"{100 * o['vs_random_se']:.2f}",
             "—" if rand else str(o["vs_random_n"]), "—" if rand else str(o["vs_random_unpaired"]),
-            fmt(o["mean_top1"]), fmt(o["mean_damage"])])
-    return list(OVERALL_HEADER), rows
+            fmt(o[f"mean_{o.get('metric', 'top1')}"]), fmt(o["mean_damage"])])
+    metric = board["overall"][0].get("metric", "top1") if board["overall"] else "top1"
+    header = list(OVERALL_HEADER)
+    if metric != "top1":
+        name = METRIC_NAMES.get(metric, metric)
+        header = [h.replace("top-1", name).replace("Top-1", name) for h in header]
+    return header, rows
 
 
 OVERALL_CSV_FIELDS = ("rank", "criterion", "norm_rank", "columns", "wins", "beats_random", "random_columns",
@@ -135,12 +186,27 @@ OVERALL_CSV_FIELDS = ("rank", "criterion", "norm_rank", "columns", "wins", "beat
 def to_csv_overall(board: dict) -> str:
     """The overall ranking as CSV, one row per criterion, raw fractions (``vs_random`` 0.012 = +1.2 points);
     fields as in :func:`benchmark.leaderboard.rank_overall`, empty = not applicable."""
+    metric = board["overall"][0].get("metric", "top1") if board["overall"] else "top1"
+    fields = [f"mean_{metric}" if k == "mean_top1" else k for k in OVERALL_CSV_FIELDS]  # mean_map07: detection
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(OVERALL_CSV_FIELDS), lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for i, o in enumerate(board["overall"]):
-        w.writerow({"rank": i + 1, **{k: ("" if o[k] is None else o[k]) for k in OVERALL_CSV_FIELDS[1:]}})
+        w.writerow({"rank": i + 1, **{k: ("" if o[k] is None else o[k]) for k in fields[1:]}})
     return buf.getvalue()
+
+
+def intro(board: dict) -> str:
+    """The sentence above the tables: what their numbers are."""
+    if any(t.get("metric", "top1") != "top1" for t in board["tables"]):
+        return ("mAP (VOC07 11-point, PASCAL devkit rules: difficult objects neither positives nor false positives) "
+                "in percent on VOC test (evaluated once, on the detector selected on the held-out val subset), "
+                "mean ± sample std over seeds (n). fps: batch 1, whole pipeline, median, interleaved with the "
+                "unpruned architecture in the same run; GFLOPs at a fixed input and proposal count "
+                "(docs/detection.md).")
+    return ("Top-1 in percent on the test split (evaluated once, on the model selected on val), "
+            "mean ± sample std over seeds (n). Damage/recovery: mean over layer steps of the val top-1 drop "
+            "after removing filters / the gain from fine-tuning that step.")
 
 
 def to_markdown(board: dict, title: str = "Leaderboard", note: str | None = None,
@@ -148,14 +214,11 @@ def to_markdown(board: dict, title: str = "Leaderboard", note: str | None = None
     parts = [f"# {title}", ""]
     if note:
         parts += [f"> **{note}**", ""]
-    parts += ["Top-1 in percent on the test split (evaluated once, on the model selected on val), "
-              "mean ± sample std over seeds (n). Damage/recovery: mean over layer steps of the val top-1 drop "
-              "after removing filters / the gain from fine-tuning that step.", ""]
+    parts += [intro(board), ""]
     for t in board["tables"]:
         parts += [f"## {t['label']}", "", _md_table(*main_grid(t)), "", _md_table(*detail_rows(t)), ""]
     if board["overall"]:
-        parts += ["## Overall ranking (mean normalised rank of top-1 over every table × ratio column)", "",
-                  OVERALL_NOTE, "", _md_table(*overall_rows(board)), ""]
+        parts += [f"## {overall_title(board)}", "", overall_note(board), "", _md_table(*overall_rows(board)), ""]
     refs = reference_tables(references)
     if refs:
         parts += ["---", "", "## Published numbers (reference only — NOT measured by this benchmark; in percent)", ""]
@@ -172,9 +235,9 @@ def csv_rows(board: dict) -> list[dict]:
             row = {"table": t["label"], "model": t["model"], "class_set": t["class_set"], "kind": t["kind"],
                    "criterion": "unpruned" if e is t["baseline"] else e["criterion"], "ratio": e["ratio"],
                    "n": e["n"], "n_failed": e["n_failed"], "seeds": " ".join(map(str, e["seeds"]))}
-            for m in METRICS:
+            for m in (METRICS if t.get("metric", "top1") == "top1" else DET_METRICS):
                 row[m], row[m + "_std"] = e[m], e[m + "_std"]
-            for p in PROVENANCE + ("metric_split",):
+            for p in PROVENANCE + ("metric_split",) + (() if t.get("metric", "top1") == "top1" else DET_PROVENANCE):
                 row[p] = ";".join(e[p])
             row["errors"] = " | ".join(e["errors"])
             out.append(row)

@@ -43,6 +43,11 @@ def _canon(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def identity_hash(identity: dict) -> str:
+    """A cell's hash: the first 16 hex digits of the SHA-256 of its identity's canonical JSON."""
+    return hashlib.sha256(_canon(identity).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Cell:
     """One run of the grid.  ``loop`` is the resolved LoopConfig (as a dict, JSON-ready)."""
@@ -93,7 +98,7 @@ class Cell:
 
     @functools.cached_property
     def hash(self) -> str:
-        return hashlib.sha256(_canon(self.identity()).encode()).hexdigest()[:16]
+        return identity_hash(self.identity())
 
     @property
     def id(self) -> str:
@@ -237,7 +242,11 @@ def _baseline_of(cfg: ExperimentConfig, values: dict) -> dict:
 
 
 def expand_grid(cfg: ExperimentConfig) -> list[Cell]:
-    """All cells of ``cfg`` (sub-grids merged, unpruned baselines added), sorted by id."""
+    """All cells of ``cfg`` (sub-grids merged, unpruned baselines added), sorted by id; a detection config's
+    are :class:`benchmark.detection.grid.DetCell` s."""
+    if cfg.task == "detection":
+        from .detection.grid import expand_detection_grid
+        return expand_detection_grid(cfg)
     cells: dict[str, Cell] = {}
     for i, g in enumerate(cfg.grid):
         fixed = {**cfg.base, **{k: v for k, v in g.items() if not isinstance(v, list)}}

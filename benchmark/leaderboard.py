@@ -56,6 +56,16 @@ METRICS = ("top1", "top5", "val_top1", "params_reduction", "macs_reduction", "sp
            "damage_max", "recovery", "epochs_to_recover", "epochs_to_baseline", "images_finetune",
            "images_scoring", "params", "macs", "latency_ms", "after_steps_top1", "params_target", "params_matched",
            "reduced_ratio")
+#: Detection entries (benchmark.detection.results): mAP, fps and cost, instead of the classification metrics.
+DET_METRICS = ("map07", "map10", "fps", "fps_base", "fps_speedup", "gflops", "gflops_base", "gflops_reduction",
+               "predicted_speedup", "speedup_vs_predicted", "params", "params_reduction")
+#: The metric a table's cells show and its criteria are ranked by, per cell kind (default ``top1``): detection
+#: tables show and rank VOC07 11-point mAP, the metric of the paper's Tables 5-7.
+PRIMARY = {"plugin": "map07", "direct": "map07"}
+#: Detection entries' provenance besides PROVENANCE: the upstream classification cell of their backbone.
+DET_PROVENANCE = ("upstream_cell",)
+#: Cell kinds whose ratio-0 cells are a table's unpruned baseline.
+BASELINE_KINDS = {"prune": "prune", "scratch": "prune", "reduced": "prune", "plugin": "plugin"}
 #: Per-entry provenance: the sorted set over its runs.  ``score_data`` / ``score_head``: what a data criterion
 #: scored on and the classifier of its loss (``benchmark.config.SCORE_DATA`` / ``SCORE_HEADS``).
 PROVENANCE = ("hash", "config_hash", "code_version", "class_sha256", "device", "score_data", "score_head")
@@ -81,9 +91,16 @@ def _table_key(row: dict, loop: dict, baseline: bool) -> str:
 
 def _label(key: str, varying: set[str]) -> str:
     d = json.loads(key)
+    kind = d["cell"]["kind"]
     parts = [d["cell"]["model"], d["cell"]["class_set"]]
-    if d["cell"]["kind"] != "prune":
-        parts.append(f"{d['cell']['kind']} from scratch")
+    if kind in ("plugin", "direct"):  # detection (benchmark.detection)
+        up = d["loop"].get("upstream")
+        parts = [f"Faster R-CNN ({d['cell']['model']}) on VOC",
+                 f"backbone from {up}" if kind == "plugin" else f"trained detector (backbone from {up}) pruned directly"]
+        # the kind says how the tables differ; option groups (train, prune, ...) are dicts: not in a label
+        varying = {k for k in varying - {"upstream", "init", "head"} if not isinstance(d["loop"].get(k), dict)}
+    elif kind != "prune":
+        parts.append(f"{kind} from scratch")
     for f in ("init", "head"):
         if f in varying:
             parts.append(f"{f}={d['cell'][f]}")
@@ -104,7 +121,7 @@ def aggregate(rows: list[dict], loops: dict[str, dict]) -> dict:
     scorings: dict[tuple, set] = defaultdict(set)  # (table, criterion) -> its (score_data, score_head) settings
     for r in rows:
         loop = loops.get(r["id"], {})
-        if r["kind"] == "prune" and (r["ratio"] or 0) == 0:
+        if r["kind"] in ("prune", "plugin") and (r["ratio"] or 0) == 0:
             baselines[_table_key(r, loop, True)].append(r)
         else:
             key = _table_key(r, loop, False)
@@ -128,18 +145,32 @@ def aggregate(rows: list[dict], loops: dict[str, dict]) -> dict:
     for key in keys:
         cells = by_table[key]
         d = json.loads(key)
-        bkey = json.dumps({"cell": {**d["cell"], "kind": "prune"},
-                           "loop": {k: v for k, v in d["loop"].items() if k not in PRUNE_ONLY}}, sort_keys=True)
+        kind = d["cell"]["kind"]
+        metric = PRIMARY.get(kind, "top1")
         ratios = sorted({r for _, r in cells})
         criteria = sorted({c for c, _ in cells})
-        entries = [_entry(c, r, cells[(c, r)]) for c in criteria for r in ratios if (c, r) in cells]
-        if bkey not in baselines:  # a baseline evaluated without fine-tuning ([baseline] finetune = false)
-            bkey = next((k for k in baselines if _without_q(k) == _without_q(bkey)), bkey)
-        base = _entry(NO_CRITERION, 0.0, baselines.get(bkey, [])) if bkey in baselines else None
+        entries = [_entry(c, r, cells[(c, r)], metric) for c in criteria for r in ratios if (c, r) in cells]
+        base_runs = _baseline_runs(d, cells, baselines, rows)
+        base = _entry(NO_CRITERION, 0.0, base_runs, metric) if base_runs is not None else None
         tables.append({"key": key, "label": _label(key, varying), "model": d["cell"]["model"],
-                       "class_set": d["cell"]["class_set"], "kind": d["cell"]["kind"], "ratios": ratios,
+                       "class_set": d["cell"]["class_set"], "kind": kind, "ratios": ratios, "metric": metric,
                        "criteria": criteria, "entries": entries, "baseline": base})
     return {"tables": tables, "overall": rank_overall(tables), "runs": rows}
+
+
+def _baseline_runs(d: dict, cells: dict, baselines: dict, rows: list[dict]) -> list[dict] | None:
+    """The runs of a table's unpruned baseline (None when it has none): the baseline cells whose options,
+    ignoring the pruning-only ones, equal the table's (ignoring ``q`` too for a baseline evaluated without
+    fine-tuning); for a ``direct`` (detection) table, the plug-in cells whose trained detectors it prunes."""
+    if d["cell"]["kind"] == "direct":
+        sources = {r.get("source_hash") for runs in cells.values() for r in runs}
+        found = [r for r in rows if r["hash"] in sources]
+        return found or None
+    bkey = json.dumps({"cell": {**d["cell"], "kind": BASELINE_KINDS.get(d["cell"]["kind"], "prune")},
+                       "loop": {k: v for k, v in d["loop"].items() if k not in PRUNE_ONLY}}, sort_keys=True)
+    if bkey not in baselines:  # a baseline evaluated without fine-tuning ([baseline] finetune = false)
+        bkey = next((k for k in baselines if _without_q(k) == _without_q(bkey)), bkey)
+    return baselines.get(bkey)
 
 
 def _without_q(key: str) -> str:
@@ -148,18 +179,18 @@ def _without_q(key: str) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _entry(criterion: str, ratio: float, runs: list[dict]) -> dict:
+def _entry(criterion: str, ratio: float, runs: list[dict], metric: str = "top1") -> dict:
     done = [r for r in runs if r["state"] == "done"]
     e = {"criterion": criterion, "ratio": ratio, "n": len(done), "n_runs": len(runs),
          "n_failed": sum(r["state"] == "failed" for r in runs),
          "n_unfinished": sum(r["state"] in ("partial", "pending") for r in runs),
          "seeds": sorted(r["seed"] for r in done), "errors": sorted({r["error"] for r in runs if r["error"]}),
          "ids": sorted(r["id"] for r in runs),
-         "top1_runs": sorted(({"seed": r["seed"], "top1": float(r["top1"])} for r in done
-                              if r.get("top1") is not None), key=lambda x: (x["seed"], x["top1"]))}
-    for m in METRICS:
+         f"{metric}_runs": sorted(({"seed": r["seed"], metric: float(r[metric])} for r in done
+                                   if r.get(metric) is not None), key=lambda x: (x["seed"], x[metric]))}
+    for m in (METRICS if metric == "top1" else DET_METRICS):
         e[m], e[m + "_std"] = mean_std([r.get(m) for r in done])
-    for p in PROVENANCE + ("metric_split",):
+    for p in PROVENANCE + ("metric_split",) + (() if metric == "top1" else DET_PROVENANCE):
         e[p] = sorted({str(r.get(p)) for r in done if r.get(p) is not None})
     return e
 
@@ -177,13 +208,14 @@ def _ranks(values: dict[str, float]) -> dict[str, float]:
     return ranks
 
 
-def _pairs(entry: dict, rand: dict) -> tuple[list[float], int]:
-    """Seed-paired ``top1(entry) - top1(random)`` differences of one column, and the number of runs left
-    unpaired (on either side: seed without a partner, or a seed that occurs twice in one entry)."""
+def _pairs(entry: dict, rand: dict, metric: str = "top1") -> tuple[list[float], int]:
+    """Seed-paired ``metric(entry) - metric(random)`` differences of one column (top-1, or mAP for detection),
+    and the number of runs left unpaired (on either side: seed without a partner, or a seed that occurs twice
+    in one entry)."""
     def by_seed(e):
         seeds: dict = defaultdict(list)
-        for r in e.get("top1_runs", []):
-            seeds[r["seed"]].append(r["top1"])
+        for r in e.get(f"{metric}_runs", []):
+            seeds[r["seed"]].append(r[metric])
         return seeds
     a, b = by_seed(entry), by_seed(rand)
     diffs, unpaired = [], 0
@@ -196,31 +228,36 @@ def _pairs(entry: dict, rand: dict) -> tuple[list[float], int]:
 
 
 def rank_overall(tables: list[dict]) -> list[dict]:
-    """Criteria ordered by mean normalised rank of top-1 over the (table, ratio) columns, with wins over
-    random and the seed-paired difference to random (exact definitions in the module docstring)."""
+    """Criteria ordered by mean normalised rank of their tables' metric (top-1; mAP for detection tables) over
+    the (table, ratio) columns, with wins over random and the seed-paired difference to random (exact
+    definitions in the module docstring)."""
     per = defaultdict(lambda: {"ranks": [], "top1": [], "damage": [], "beats": 0, "shared": 0, "diffs": [],
                                "unpaired": 0})
+    metrics = set()
     for t in tables:
+        m = t.get("metric", "top1")
+        metrics.add(m)
         for ratio in t["ratios"]:
-            col = {e["criterion"]: e for e in t["entries"] if e["ratio"] == ratio and e["top1"] is not None}
+            col = {e["criterion"]: e for e in t["entries"] if e["ratio"] == ratio and e.get(m) is not None}
             k = len(col)
             if k < 2:
                 continue
             rand = col.get("random")
-            for c, rk in _ranks({c: e["top1"] for c, e in col.items()}).items():
+            for c, rk in _ranks({c: e[m] for c, e in col.items()}).items():
                 p, e = per[c], col[c]
                 p["ranks"].append({"table": t["label"], "ratio": ratio, "rank": rk, "k": k,
                                    "norm": (rk - 1) / (k - 1)})
-                p["top1"].append(e["top1"])
-                if e["damage"] is not None:
+                p["top1"].append(e[m])
+                if e.get("damage") is not None:
                     p["damage"].append(e["damage"])
                 if rand is not None and c != "random":
                     p["shared"] += 1
-                    p["beats"] += e["top1"] > rand["top1"]
-                    diffs, unpaired = _pairs(e, rand)
+                    p["beats"] += e[m] > rand[m]
+                    diffs, unpaired = _pairs(e, rand, m)
                     p["diffs"] += diffs
                     p["unpaired"] += unpaired
     out = []
+    name = next(iter(metrics)) if len(metrics) == 1 else "metric"  # top1, or map07 on a detection board
     for c, p in per.items():
         is_random = c == "random"
         d_mean, d_std = mean_std(p["diffs"])
@@ -232,7 +269,7 @@ def rank_overall(tables: list[dict]) -> list[dict]:
             "vs_random": d_mean, "vs_random_std": d_std, "vs_random_n": None if is_random else n,
             "vs_random_se": None if d_std is None else d_std / math.sqrt(n),
             "vs_random_unpaired": None if is_random else p["unpaired"],
-            "mean_top1": mean_std(p["top1"])[0], "mean_damage": mean_std(p["damage"])[0]})
+            f"mean_{name}": mean_std(p["top1"])[0], "mean_damage": mean_std(p["damage"])[0], "metric": name})
     return sorted(out, key=lambda o: (o["norm_rank"], o["criterion"]))
 
 

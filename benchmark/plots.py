@@ -86,25 +86,33 @@ def figure1abc(board: dict, table: dict, ratio: float) -> bytes | None:
     return _png(fig)
 
 
+#: Per table metric: (cost key whose reduction is the x axis, x label, y label).
+_AXES = {"top1": ("macs", "MACs (fraction of the unpruned network)", "test top-1 (%)"),
+         "map07": ("gflops", "GFLOPs (fraction of the unpruned detector)", "VOC07 mAP (%)")}
+
+
 def tradeoff(board: dict, table: dict) -> bytes | None:
-    """Test top-1 vs MACs (fraction of unpruned) per criterion, with the unpruned baseline."""
-    entries = [e for e in table["entries"] if e["n"] > 0 and e["macs"] is not None]
+    """Test top-1 (detection: VOC07 mAP) vs MACs (GFLOPs) as a fraction of unpruned, per criterion, with the
+    unpruned baseline."""
+    m = table.get("metric", "top1")
+    cost, xlabel, ylabel = _AXES[m]
+    entries = [e for e in table["entries"] if e["n"] > 0 and e.get(cost) is not None and e.get(m) is not None]
     if not entries:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in table["criteria"]:
-        pts = sorted((1 - e["macs_reduction"], e["top1"], e["top1_std"] or 0.0) for e in entries
+        pts = sorted((1 - e[f"{cost}_reduction"], e[m], e[f"{m}_std"] or 0.0) for e in entries
                      if e["criterion"] == c)
         if pts:
             ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts],
                         marker="o", capsize=3, label=c, **_STYLE.get(c, {}))
     b = table["baseline"]
-    if b is not None and b["top1"] is not None:
-        ax.scatter([1.0], [100 * b["top1"]], marker="*", s=160, color="gold", edgecolor="k", zorder=5,
+    if b is not None and b.get(m) is not None:
+        ax.scatter([1.0], [100 * b[m]], marker="*", s=160, color="gold", edgecolor="k", zorder=5,
                    label="unpruned")
-    ax.set_xlabel("MACs (fraction of the unpruned network)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"accuracy vs MACs — {table['label']}", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{ylabel.split(' (')[0]} vs {cost} — {table['label']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
@@ -155,11 +163,12 @@ def all_figures(board: dict) -> list[tuple[str, bytes]]:
     """Every figure of the report as ``(caption, png bytes)``, in a fixed order."""
     figs = []
     for t in board["tables"]:
-        for ratio in t["ratios"]:
+        for ratio in (t["ratios"] if t.get("metric", "top1") == "top1" else ()):  # detection: no layer curves
             png = figure1abc(board, t, ratio)
             if png:
                 figs.append((f"Figure 1a–c — {t['label']}, {100 * ratio:g}%", png))
         png = tradeoff(board, t)
         if png:
-            figs.append((f"Accuracy vs MACs — {t['label']}", png))
+            what = "Accuracy vs MACs" if t.get("metric", "top1") == "top1" else "mAP vs GFLOPs"
+            figs.append((f"{what} — {t['label']}", png))
     return figs + figure1d(board)

@@ -80,7 +80,7 @@ REFERENCES: dict[str, dict] = {
         """),
     },
     "paper_table5": {
-        "title": "Paper Table 5: Faster R-CNN mAP on VOC 2007 with a pruned VGG-16 backbone (not run here)",
+        "title": "Paper Table 5: Faster R-CNN mAP on VOC 2007 with a pruned VGG-16 backbone",
         "source": f"{PAPER}, Table 5", "baseline": "unpruned VGG-16 backbone: mAP 0.66",
         "header": ["Heuristic", "25%", "50%", "75%"],
         "rows": _grid("""
@@ -94,14 +94,13 @@ REFERENCES: dict[str, dict] = {
         """),
     },
     "paper_table6": {
-        "title": "Paper Table 6: Faster R-CNN pruned directly (random), VOC 2007 (not run here)",
+        "title": "Paper Table 6: Faster R-CNN pruned directly (random), VOC 2007",
         "source": f"{PAPER}, Table 6", "baseline": "unpruned Faster R-CNN: mAP 0.66 at 7.5 fps",
         "header": ["", "Baseline", "25%", "50%", "75%"],
         "rows": [["mAP", "0.66", "0.655", "0.648", "0.530"], ["fps", "7.5", "10", "13", "16"]],
     },
     "paper_table7": {
-        "title": "Paper Table 7: Faster R-CNN with VGG-16 backbones pruned and fine-tuned on ImageNet-52P "
-                 "(not run here)",
+        "title": "Paper Table 7: Faster R-CNN with VGG-16 backbones pruned and fine-tuned on ImageNet-52P",
         "source": f"{PAPER}, Table 7", "baseline": "unpruned VGG-16 backbone: mAP 0.66",
         "header": ["Heuristic", "25%", "50%", "75%"],
         "rows": _grid("""

@@ -58,8 +58,7 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
     for r in board["runs"]:
         states[r["state"]] = states.get(r["state"], 0) + 1
     out.append(f'<p class="small">{n_runs} runs: ' + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
-               + ". Top-1 in percent on the test split (evaluated once, on the model selected on val); "
-                 "mean ± sample std over seeds (number of seeds in brackets).</p>")
+               + f". {esc(formats.intro(board))}</p>")
     out.append('<section id="our-results"><h2>Our measurements</h2>')
     for i, t in enumerate(board["tables"]):
         out.append(f'<h3 id="table-{i}">{esc(t["label"])}</h3>')
@@ -67,8 +66,8 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
         out.append("<details><summary>all columns (reductions, speedup, plasticity, provenance)</summary>")
         out.append(_table_html(*formats.detail_rows(t), cls="detail") + "</details>")
     if board["overall"]:
-        out.append("<h3 id='overall'>Overall ranking (mean normalised rank of top-1 over every table × ratio "
-                   f"column)</h3><p class='small'>{esc(formats.OVERALL_NOTE)}</p>")
+        out.append(f"<h3 id='overall'>{esc(formats.overall_title(board))}</h3>"
+                   f"<p class='small'>{esc(formats.overall_note(board))}</p>")
         out.append(_table_html(*formats.overall_rows(board), cls="overall"))
     failures = [r for r in board["runs"] if r["state"] == "failed"]
     if failures:

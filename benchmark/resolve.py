@@ -31,6 +31,7 @@ class CellEnv:
     progress: bool = False
     deterministic: bool = True
     stop_after: int | None = None  # RunOptions.stop_after (tests)
+    upstream: dict = field(default_factory=dict)  # detection: --upstream NAME=PATH results folders
 
     def options(self, progress: bool | None = None):
         """The engine's :class:`pruning.loop.RunOptions` for this machine."""
@@ -108,4 +109,8 @@ class ResolvedCell:
 
 
 def resolve_cell(cfg: ExperimentConfig, cell: Cell, env: CellEnv) -> ResolvedCell:
+    """The cell on this machine (a :class:`benchmark.detection.execute.DetResolved` for a detection cell)."""
+    if cfg.task == "detection":
+        from .detection.execute import DetResolved
+        return DetResolved(cfg, cell, env)
     return ResolvedCell(cfg, cell, env)

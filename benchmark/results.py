@@ -108,6 +108,9 @@ def read_run(run_dir: str | Path) -> dict:
     d = Path(run_dir)
     state = cell_state(d)
     cell = _read_json(d / CELL_FILE) if (d / CELL_FILE).is_file() else {}
+    if cell.get("task") == "detection":
+        from .detection.results import read_detection_run
+        return read_detection_run(d, cell, state, _read_json)
     loop = cell.get("loop", {})
     c = cell.get("cell", {})
     row = {

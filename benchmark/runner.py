@@ -173,6 +173,8 @@ def write_experiment(cfg: ExperimentConfig, out: Path, cells: list[Cell] | None 
     ids = sorted(c.id for c in (expand_grid(cfg) if cells is None else cells))
     doc = {"name": cfg.name, "description": cfg.description, "reference": list(cfg.reference),
            "source": cfg.source, "cells": len(ids), "cell_ids": ids}
+    if cfg.task != "classification":
+        doc["task"] = cfg.task
     path = record_path(out, cfg.name)
     with _records_lock(out):
         check_record(cfg, out, ids)
@@ -198,6 +200,8 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
     id names its class sets, not their contents, so a results folder shared by configs whose ``[data]``
     point at different builds (a ``random52`` v1 and a v2 build, say) would otherwise mix them silently."""
     out = Path(env.results_dir)
+    if cfg.task == "detection":
+        return  # no class builds: a detection cell's identity holds its upstream cell's hash
     builds: dict[str, tuple] = {}  # class set -> (a resolved cell of it, what its builds hold now): read once
     for cell in cells:
         path = out / cell.id / CELL_FILE
@@ -220,6 +224,8 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
 
 
 def _provenance(rc: ResolvedCell, version: str) -> dict:
+    if rc.cfg.task == "detection":
+        return rc.provenance(version)
     doc = rc.cell.to_dict()
     doc.update({"code_version": version, "device": rc.env.device or "auto", "experiment": rc.cfg.name,
                 **_build_classes(rc)})
@@ -271,7 +277,10 @@ def _run_locked(cfg, cell, env, resume, version, nproc_per_node) -> str:
     if state != "done":
         write_json_atomic(run_dir / CELL_FILE, _provenance(rc, version))
     try:
-        if nproc_per_node > 1:
+        if cfg.task == "detection":
+            from .detection.execute import execute_detection_cell
+            execute_detection_cell(cfg, cell, run_dir, env, rc)
+        elif nproc_per_node > 1:
             prepare_cell(cfg, cell, env, rc)
             _run_torchrun(cfg.source, cell, env, nproc_per_node)
         else:
@@ -302,8 +311,12 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
     out = Path(env.results_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a results folder (it is created)")
+    if cfg.task == "detection" and nproc_per_node > 1:
+        raise ValueError(f"{cfg.source}: --nproc-per-node {nproc_per_node}: detection cells train on one device "
+                         "(docs/detection.md); spread a detection grid with --task-index/--num-tasks instead")
     grid = expand_grid(cfg)  # once per run: the task's share and the config's record both come from it
-    cells = partition(grid, task_index, num_tasks)
+    # plug-in cells run before the direct cells that prune their detectors (stable: id order otherwise)
+    cells = sorted(partition(grid, task_index, num_tasks), key=lambda c: getattr(c, "order", 0))
     check_record(cfg, out, sorted(c.id for c in grid))  # read only: before anything is written
     # done cells are not run again: a moved build or weights file of theirs is no reason to refuse the others
     refuse_invalid(cfg, [c for c in cells if cell_state(out / c.id) != "done"], env)

@@ -97,7 +97,11 @@ def cell_problems(cfg: ExperimentConfig, cell: Cell, env: CellEnv, cache: dict) 
 
 
 def grid_problems(cfg: ExperimentConfig, cells: list[Cell], env: CellEnv) -> dict[str, list[str]]:
-    """``{cell id: [problem, ...]}`` for the cells that cannot run (see :func:`cell_problems`)."""
+    """``{cell id: [problem, ...]}`` for the cells that cannot run (see :func:`cell_problems`; detection cells:
+    :func:`benchmark.detection.validate.detection_problems`)."""
+    if cfg.task == "detection":
+        from .detection.validate import detection_problems
+        return detection_problems(cfg, cells, env)
     cache: dict = {}
     out = {}
     for cell in cells:

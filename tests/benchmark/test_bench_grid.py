@@ -119,7 +119,8 @@ def test_missing_config_lists_shipped_ones(tmp_path):
 
 
 EXPECTED_CONFIGS = {"demo", "table1_vgg16", "table2_vgg16_fulldata", "table3_resnet50", "table4_imagenet52p",
-                    "random52_control", "figure1", "scratch_baselines", "pretrained_vs_scratch"}
+                    "random52_control", "figure1", "scratch_baselines", "pretrained_vs_scratch", "table5", "table6",
+                    "table7", "detect_demo"}
 
 
 def test_every_shipped_config_parses_and_expands():
@@ -151,7 +152,7 @@ def test_quoted_cell_counts_and_gpu_hours_are_what_the_commands_compute():
     for name, (cells, hours) in rows.items():
         c = load_config(name)
         assert cells == len(expand_grid(c)), name
-        if name == "demo":  # a CPU demo: no ImageNet sizes, timed by scripts/demo.py instead
+        if name in ("demo", "detect_demo"):  # CPU demos: timed by scripts/demo.py, scripts/detect_demo.py
             assert c.estimate_gpu_hours == 0 and hours.startswith("0 "), hours
             continue
         e = estimate(c)["gpu_hours"]

@@ -1,0 +1,155 @@
+"""Detection cells: grid expansion, identity, hash and id (as :mod:`benchmark.grid` does for classification).
+
+A :class:`DetCell`'s :attr:`~DetCell.hash` is the first 16 hex digits of the SHA-256 of the canonical JSON of
+:meth:`DetCell.identity`: its kind, architecture, criterion, ratio, seed, the upstream cell it plugs in (config
+name, cell id and hash) or, for ``direct``, the hash of the trained detector it prunes, and every option that
+changes numbers (VOC sets and val subset, detector preset and overrides, training and pruning options, all
+resolved through the library's dataclasses so that a default written out or left out gives the same hash).
+Machine-specific things (paths, device, workers, fps timing options) are not part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+from dataclasses import dataclass
+
+from ..grid import NO_CRITERION, PRUNE_ONLY, _canon, identity_hash
+from .config import CELL_KEYS, DetectionConfig, prune_config, train_config
+from .upstream import find_upstream
+
+
+@dataclass(frozen=True)
+class DetCell:
+    """One detection run (module docstring).  ``options`` is the canonical JSON of the numeric options."""
+
+    kind: str
+    model: str
+    upstream: str  # the [upstream.NAME] it descends from
+    up_config: str
+    up_id: str  # plugin: the upstream cell plugged in; direct: the one its source detector was trained from
+    up_hash: str
+    criterion: str | None
+    ratio: float
+    seed: int
+    source: str | None  # direct: hash of the plugin baseline cell whose trained detector is pruned
+    source_id: str | None
+    options: str
+    reference_id: str | None = None  # the trained unpruned detector its fps is compared with (not in the identity)
+
+    class_set = "voc"  # what `list` and the runner show in the class-set column
+    head = "detector"
+    init = "pretrained"
+
+    @property
+    def order(self) -> int:
+        """Run order within a task: plug-in baselines first (the fps reference of the others, the detectors the
+        direct cells prune), then the other plug-in cells, then the direct cells."""
+        return 0 if self.is_baseline else 1 if self.kind == "plugin" else 2
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind == "plugin" and self.ratio == 0.0
+
+    @functools.cached_property
+    def option_dict(self) -> dict:
+        return json.loads(self.options)
+
+    def identity(self) -> dict:
+        cell = {"kind": self.kind, "model": self.model, "upstream": {"config": self.up_config, "cell": self.up_id,
+                                                                     "hash": self.up_hash}}
+        if self.source is not None:
+            cell["source"] = self.source
+        return {"task": "detection", "cell": cell, "criterion": self.criterion or NO_CRITERION, "ratio": self.ratio,
+                "seed": self.seed, "options": self.option_dict}
+
+    @functools.cached_property
+    def hash(self) -> str:
+        return identity_hash(self.identity())
+
+    @property
+    def id(self) -> str:
+        crit = "unpruned" if self.is_baseline else self.criterion or NO_CRITERION
+        return f"{self.model}-voc-{self.kind}-{self.upstream}-{crit}-r{self.ratio * 100:g}-s{self.seed}-{self.hash[:8]}"
+
+    def to_dict(self) -> dict:
+        d = self.identity()
+        d["id"], d["hash"], d["upstream_name"] = self.id, self.hash, self.upstream
+        if self.source_id:
+            d["source_id"] = self.source_id
+        return d
+
+
+def _options(cfg: DetectionConfig, kind: str, criterion, ratio: float, seed: int) -> dict:
+    voc = {k: cfg.voc_option(k) for k in ("train", "test", "val_images", "val_seed")}
+    det = {"arch": cfg.arch, "preset": cfg.preset, "overrides": dict(sorted(cfg.preset_overrides.items()))}
+    out = {"voc": voc, "detector": det, "train": train_config(cfg.train).to_dict()}
+    if kind == "direct":
+        out["prune"] = prune_config(cfg.prune, criterion, ratio, seed).to_dict()
+        for k in ("criterion", "ratio", "seed"):
+            out["prune"].pop(k, None)  # in the identity already
+    return out
+
+
+def _plugin(cfg: DetectionConfig, vals: dict, where: str) -> DetCell:
+    name = vals.get("upstream", next(iter(cfg.upstream)))
+    crit = vals.get("criterion")
+    crit = None if crit in (None, NO_CRITERION) else crit
+    ratio, seed = float(vals.get("ratio", 0.0)), int(vals.get("seed", 0))
+    if ratio == 0:
+        crit = None
+    selectors = {k: v for k, v in vals.items() if k not in CELL_KEYS}
+    up = find_upstream(cfg, name, crit, ratio, seed, selectors, where)
+    opts = _options(cfg, "plugin", crit, ratio, seed)
+    return DetCell("plugin", cfg.arch, name, cfg.upstream[name]["config"], up.id, up.hash, crit, ratio, seed,
+                   None, None, _canon(opts))
+
+
+def baseline_selectors(vals: dict) -> dict:
+    """The grid values of the plug-in baseline of ``vals``: ratio 0, no criterion, and no selector that only
+    pruned upstream cells have (their scoring and pruning options: ``benchmark.grid.PRUNE_ONLY``)."""
+    drop = {"criterion", "ratio", "score_data", "score_head", *PRUNE_ONLY}
+    return {**{k: v for k, v in vals.items() if k not in drop}, "ratio": 0.0}
+
+
+def _direct(cfg: DetectionConfig, vals: dict, where: str) -> tuple[DetCell, DetCell]:
+    """``(the direct cell, its source: the plug-in baseline cell whose detector it prunes)``."""
+    crit, ratio, seed = vals.get("criterion"), float(vals.get("ratio", 0.5)), int(vals.get("seed", 0))
+    if crit in (None, NO_CRITERION) or ratio <= 0:
+        raise ValueError(f"{cfg.source}: {where}: a direct cell needs a criterion and a ratio > 0 (its unpruned "
+                         "baseline is the plug-in baseline cell whose detector it prunes)")
+    src_vals = baseline_selectors({k: v for k, v in vals.items() if k not in ("kind", "source_seed")})
+    src_vals.update({"seed": int(vals.get("source_seed", seed)), "kind": "plugin"})
+    source = _plugin(cfg, src_vals, where)
+    try:
+        opts = _options(cfg, "direct", crit, ratio, seed)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg.source}: [prune] / {where}: {e}") from None
+    cell = DetCell("direct", cfg.arch, source.upstream, source.up_config, source.up_id, source.up_hash, crit, ratio,
+                   seed, source.hash, source.id, _canon(opts), reference_id=source.id)
+    return cell, source
+
+
+def expand_detection_grid(cfg: DetectionConfig) -> list[DetCell]:
+    """Every cell of ``cfg`` (sub-grids merged; the plug-in baselines added with ``[baseline] unpruned``, and
+    always the source cell of every direct cell), sorted by id."""
+    cells: dict[str, DetCell] = {}
+    for i, g in enumerate(cfg.grid):
+        where = f"[[grid]] #{i + 1}"
+        fixed = {k: v for k, v in g.items() if not isinstance(v, list)}
+        axes = [(k, v) for k, v in g.items() if isinstance(v, list)]
+        for combo in itertools.product(*[v for _, v in axes]):
+            vals = {**fixed, **dict(zip([k for k, _ in axes], combo))}
+            if vals.get("kind", "plugin") == "direct":
+                found = list(_direct(cfg, vals, where))
+            else:
+                cell = _plugin(cfg, vals, where)
+                base = _plugin(cfg, baseline_selectors(vals), where) if cell.ratio > 0 else cell
+                found = [dataclasses.replace(cell, reference_id=base.id)]
+                if cfg.unpruned and cell.ratio > 0:
+                    found.append(dataclasses.replace(base, reference_id=base.id))
+            for cell in found:
+                cells.setdefault(cell.id, cell)
+    return [cells[k] for k in sorted(cells)]
