@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement docs/algorithm1.md and docs/benchmark.md quote, in one command, into one folder:
+# Every GPU measurement docs/algorithm1.md, docs/benchmark.md and docs/detection-speed.md quote, in one command, into one folder:
 #
 #   bash scripts/bench_gpu.sh [OUT]          (or: make bench-gpu BENCH_OUT=OUT)
 #
@@ -14,6 +14,10 @@
 #   OUT/speedup.json             scripts/bench_speedup.py --gpu-extra (pruned-model latency, batch 256 bf16)
 #   OUT/stats.json               scripts/bench_stats.py (statistics pass vs plain forward)
 #   OUT/loader.txt               scripts/bench_loader.py --gpu-decode (loader throughput, nvJPEG eval path)
+#   OUT/detect.json              scripts/bench_detect.py: Faster R-CNN VGG-16 (voc-vgg16 preset, shorter side 600)
+#                                unpruned and pruned at random 25/50/75%: GFLOPs, fps at batch 1 interleaved with
+#                                a per-stage breakdown, measured/predicted speedup + the 50% target (PASS/FAIL),
+#                                training and eval images/s at batch 1 and 2 (docs/detection-speed.md)
 #
 # Needs the package installed (make install, or pip install -e .) and a CUDA device.  Each step writes
 # its file as it finishes, and a step that fails is reported and the script goes on, so a partial
@@ -40,12 +44,14 @@ if [ "$SMOKE" = 1 ]; then
     STATS=(--models resnet18 --size 32 --batch-size 2 --batches 1 --repeat 1)
     OVERHEAD=(--steps 20 --repeats 1)
     LOADER=(--images 52 --batch-size 8 --workers 0 --repeat 1 --cache "$OUT/loader_cache")
+    DETECT=(--smoke)
 else
     MODELS=resnet50,vgg16; BS=256; IMAGES=5120; SIZE=224; PER_CLASS=110; HOLD=10; W=500; H=375; REPEATS=3
     SPEEDUP=(--gpu-extra)
     STATS=(--models resnet50 vgg16_bn)  # (never empty: "${A[@]}" of an empty array fails under set -u, bash < 4.4)
     OVERHEAD=(--steps 2000)
     LOADER=(--gpu-decode --workers "$WORKERS" --batch-size 256 --cache "$OUT/loader_cache")
+    DETECT=(--images 10 --repeats 5 --warmup 3 --train-steps 10)
 fi
 
 failed=()
@@ -85,6 +91,7 @@ step loop-throughput-data "$PY" -m benchmark.throughput throughput --model "$MOD
 step speedup "$PY" scripts/bench_speedup.py --device "$DEVICE" "${SPEEDUP[@]}" --json "$OUT/speedup.json"
 step stats "$PY" scripts/bench_stats.py --device "$DEVICE" "${STATS[@]}" --json "$OUT/stats.json"
 step loader to "$OUT/loader.txt" "$PY" scripts/bench_loader.py "${LOADER[@]}" --json "$OUT/loader.json"
+step detect "$PY" scripts/bench_detect.py --device "$DEVICE" "${DETECT[@]}" --quiet --out "$OUT/detect.json"
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "bench_gpu: failed steps: ${failed[*]} (see the messages above; the other results are in $OUT)" >&2

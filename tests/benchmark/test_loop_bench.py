@@ -69,7 +69,8 @@ def test_gpu_bench_script_runs_every_step_in_smoke_mode(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
-    for name in ("loop_throughput.json", "overhead.json", "loop_throughput_data.json", "speedup.json", "stats.json", "loader.json"):
+    for name in ("loop_throughput.json", "overhead.json", "loop_throughput_data.json", "speedup.json", "stats.json", "loader.json",
+                 "detect.json"):
         assert json.loads((out / name).read_text()), name
     assert json.loads((out / "loop_throughput_data.json").read_text())["data"] == str(out / "data" / "build")
     assert "torch" in (out / "env.txt").read_text()
