@@ -31,7 +31,24 @@ import numpy as np
 
 DEFAULT_NUM_CLASSES = 20
 _DET_KEYS, _GT_KEYS = ("boxes", "scores", "labels"), ("boxes", "labels")
-_RECALL_POINTS = np.arange(11) / 10.0  # 0, 0.1, ..., 1.0 (each the double nearest k/10)
+
+
+def matlab_colon(a: float, d: float, b: float) -> np.ndarray:
+    """The doubles MATLAB's ``a:d:b`` produces (its symmetric colon algorithm, for ``(b - a) / d`` a whole
+    number ``n``): the first half ``a + k*d``, the second half ``b - k*d`` counted from the end, the centre
+    ``(a + b) / 2`` when ``n`` is even.  ``0:0.1:1`` is ``0, 0.1, 0.2, 3*0.1 (= 0.30000000000000004), 0.4, 0.5,
+    1-0.4, 1-3*0.1, 1-0.2, 1-0.1, 1``: the devkit's 11 recall thresholds (``VOCevaldet.m``: ``for
+    t=0:0.1:1``)."""
+    n = int(round((b - a) / d))
+    out = np.empty(n + 1)
+    for k in range(n // 2 + 1):
+        out[k], out[n - k] = a + k * d, b - k * d
+    if n % 2 == 0:
+        out[n // 2] = (a + b) / 2
+    return out
+
+
+_RECALL_POINTS = matlab_colon(0.0, 0.1, 1.0)  # the devkit's t = 0:0.1:1, bit for bit
 
 
 def default_class_names(num_classes: int = DEFAULT_NUM_CLASSES) -> Tuple[str, ...]:
@@ -166,8 +183,9 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
     descending-score order).
 
     ``use_07_metric=True`` (VOC2007, 11 points): ``AP = (1/11) * sum_{t in {0, 0.1, ..., 1}} p(t)`` with
-    ``p(t) = max{precision_k : recall_k >= t}``, or 0 when no ``recall_k >= t``; ``t`` is the double nearest
-    ``k/10`` (so a recall of exactly 3/10 reaches ``t = 0.3``).
+    ``p(t) = max{precision_k : recall_k >= t}``, or 0 when no ``recall_k >= t``; the 11 ``t`` are the doubles
+    of the devkit's MATLAB ``0:0.1:1`` (:func:`matlab_colon`): its ``t = 0.3`` is ``3*0.1 =
+    0.30000000000000004``, so a recall of exactly 3/10 does not reach it, as in ``VOCevaldet.m``.
 
     ``use_07_metric=False`` (VOC2010+, ``VOCap.m``): with sentinels ``r = [0, recall, 1]`` and
     ``p = [0, precision, 0]``, the envelope ``e_i = max_{j >= i} p_j``, and

@@ -152,6 +152,17 @@ class _PruningProxy(nn.Module):
         return [*objectness, *deltas, scores, boxes]
 
 
+def _fp32_outputs(module: nn.Module, inputs, output):
+    """Forward hook: the module's floating outputs (a tensor, or lists/tuples of them) as float32.  A no-op in
+    fp32; under bf16 autocast it keeps anchors, box decoding, NMS and the detections in float32 while the
+    convs and linears still run in bf16 (docs/detector.md, "Precision")."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_fp32_outputs(module, inputs, o) for o in output)
+    return output
+
+
 class VGGFasterRCNN(FasterRCNN):
     """torchvision ``FasterRCNN`` over a VGG-like classifier's layers (module docstring); build it with
     :func:`detector_from_classifier` or :func:`make_detector`.  Attributes: ``arch`` (str or None),
@@ -175,6 +186,10 @@ class VGGFasterRCNN(FasterRCNN):
                 layer.weight.normal_(0.0, std)
                 layer.bias.zero_()
         self.preset, self.roi_size, self.stride = preset, roi_size, stride
+        # fp32 boxes under autocast: anchors are made in the feature map's dtype and torchvision decodes boxes
+        # in the head outputs' dtype, so in bf16 every coordinate above 512 px would be a multiple of 4
+        for module in (self.backbone, self.rpn.head, self.roi_heads.box_predictor):
+            module.register_forward_hook(_fp32_outputs)
         self.arch: Optional[str] = None
         self.preset_name, self.overrides, self.classifier_num_classes = "", {}, 0
 

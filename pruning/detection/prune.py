@@ -51,7 +51,7 @@ from ..surgery import apply_plan, current_plan
 from .evaluate import evaluate_detector
 from .io import detector_doc, save_detector
 from .train import (DetTrainConfig, IterationData, LossWindow, _hash, _set_epoch, config_from_dict, lr_at,
-                    make_optimizer, prepare_run_dir, train_step)
+                    make_optimizer, numbers_config, prepare_run_dir, train_step)
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +259,16 @@ def prune_detector(detector: nn.Module, config: DetPruneConfig, train_data, out_
              "test_images": None if test_data is None else len(test_data),
              "detector": {"params": count_params(detector), "plan": current_plan(detector)}}
     meta = dict(meta or {})
-    run_id = _hash({"config": config.to_dict(), "meta": meta, "data": sizes})
+    run_id = _hash({"config": numbers_config(config), "meta": meta, "data": sizes})
     runtime = Runtime.create(device, amp=True, channels_last=False)
     runtime.prepare(detector)
     ctx = _Run(config, rundir, run_id, layers, train_data, score_data if score_data is not None else train_data,
                val_data, test_data, progress, stop_after, num_workers, class_names)
     try:
-        state = _PruneState(detector, runtime, prepare_run_dir(rundir, run_id, config, meta, resume))
+        ck = prepare_run_dir(rundir, run_id, config, meta, resume)
+        if ck is None:  # a fresh start: sampling and dropout follow the config's seed, not the caller's RNG
+            torch.manual_seed(config.seed)
+        state = _PruneState(detector, runtime, ck)
         ctx.t0, ctx.elapsed0 = time.perf_counter(), state.elapsed
         summary = ctx.run(state, sizes["detector"]["params"])
         save_detector(detector, rundir.path / "detector")

@@ -136,6 +136,16 @@ def config_from_dict(cls, d: dict):
     return cls(**d)
 
 
+#: Options that change no number (checkpoint and logging cadence: resume is bit-identical wherever it
+#: restarts): left out of a run's identity, so changing them never refuses a resume.
+CADENCE = ("checkpoint_every", "log_every")
+
+
+def numbers_config(config) -> dict:
+    """``config.to_dict()`` without the :data:`CADENCE` options: what a run's identity is made of."""
+    return {k: v for k, v in config.to_dict().items() if k not in CADENCE}
+
+
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -304,10 +314,12 @@ def train_detector(detector: nn.Module, train_data, config: DetTrainConfig, out_
         return done
     meta = dict(meta or {})
     sizes = {"train_images": len(train_data), "val_images": None if val_data is None else len(val_data)}
-    run_id = _hash({"config": config.to_dict(), "meta": meta, "data": sizes})  # the run's identity
+    run_id = _hash({"config": numbers_config(config), "meta": meta, "data": sizes})  # the run's identity
     runtime = Runtime.create(device, amp=True, channels_last=False)
     try:
         ck = prepare_run_dir(rundir, run_id, config, meta, resume)
+        if ck is None:  # a fresh start: RPN/RoI sampling and dropout follow the config's seed, not the caller's RNG
+            torch.manual_seed(config.seed)
         state = _TrainState(detector, config, runtime, ck)
         summary = _train_loop(state, rundir, run_id, train_data, val_data, progress, stop_after, num_workers,
                               class_names)

@@ -92,6 +92,13 @@ def _jitter(rng, box, objects, prior):
 BACKENDS = ["pycocotools"] + (["faster_coco_eval"] if importlib.util.find_spec("faster_coco_eval") else [])
 
 
+def test_the_11_point_thresholds_are_matlabs_0_to_1_by_0_1():
+    """MATLAB's colon is symmetric (first half a + k*d, second half b - k*d from the end); written out by hand."""
+    from pruning.detection.metric import matlab_colon
+    assert list(matlab_colon(0.0, 0.1, 1.0)) == [0, .1, .2, 3 * .1, .4, .5, 1 - .4, 1 - 3 * .1, 1 - .2, 1 - .1, 1]
+    assert matlab_colon(0.0, 0.1, 1.0)[3] != 0.3 and matlab_colon(0.0, 0.1, 1.0)[6] == 0.6
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed,n_classes", [(0, 5), (1, 3), (2, 5)])
 def test_voc07_equals_torchmetrics_coco_at_iou_05_and_11_recall_points(backend, seed, n_classes):
@@ -122,8 +129,8 @@ def voc_eval_transcribed(dets, gts, classname, label, ovthresh=0.5, use_07_metri
     files, with the devkit's inclusive pixel boxes (xmin = x1 + 1, xmax = x2) and its +1 IoU.  Four changes,
     each marked CHANGED: ``ovmax >= ovthresh`` (VOCevaldet.m; the port has ``>``); a stable sort (MATLAB's
     ``sort``; the port's ``np.argsort`` is a quicksort); precision guarded when the first detections all
-    match difficult objects (Detectron's fix; the port divides 0 by 0); 11-point thresholds k/10 (the port's
-    ``np.arange(0., 1.1, 0.1)`` holds 0.30000000000000004, 0.6000000000000001, 0.7000000000000001)."""
+    match difficult objects (Detectron's fix; the port divides 0 by 0); 11-point thresholds as the devkit's MATLAB
+    ``0:0.1:1`` (the port's ``np.arange(0., 1.1, 0.1)`` holds 0.6000000000000001 and 0.7000000000000001)."""
     recs = {}
     for i, g in enumerate(gts):
         b = np.asarray(g["boxes"], dtype=np.float64)
@@ -182,7 +189,7 @@ def voc_eval_transcribed(dets, gts, classname, label, ovthresh=0.5, use_07_metri
     prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)  # CHANGED: no 0/0
     if use_07_metric:
         ap = 0.
-        for t in np.arange(11) / 10.0:  # CHANGED: k/10
+        for t in [0, .1, .2, 3 * .1, .4, .5, 1 - .4, 1 - 3 * .1, 1 - .2, 1 - .1, 1]:  # CHANGED: MATLAB's 0:0.1:1
             p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
             ap = ap + p / 11.
         return ap
@@ -238,8 +245,12 @@ def test_ap_definitions_on_a_hand_computed_pr_curve():
     got10 = evaluate_detections(dets, gts, class_names=["a"], use_07_metric=False)
     assert got10["ap"]["a"] == pytest.approx(19 / 30, abs=1e-12) and got10["metric"] == "voc10"
     assert got["n_positives"] == {"a": 5} and got["n_detections"] == {"a": 6}
-    # exact decimal recall thresholds: recall 3/10 reaches t = 0.3 (np.arange's 0.30000000000000004 would not)
-    assert voc_ap([0.3], [1.0], use_07_metric=True) == pytest.approx(4 / 11, abs=1e-15)
+    # the devkit's MATLAB thresholds 0:0.1:1: its t = 0.3 is 3*0.1 = 0.30000000000000004, which a recall of
+    # exactly 3/10 does not reach (t = 0, 0.1, 0.2 count: 3/11); its 0.6 and 0.7 are the doubles nearest, which
+    # recalls of exactly 6/10 and 7/10 do reach (np.arange's 0.6000000000000001 and 0.7000000000000001 would not)
+    assert voc_ap([0.3], [1.0], use_07_metric=True) == pytest.approx(3 / 11, abs=1e-15)
+    assert voc_ap([0.6], [1.0], use_07_metric=True) == pytest.approx(7 / 11, abs=1e-15)
+    assert voc_ap([0.7], [1.0], use_07_metric=True) == pytest.approx(8 / 11, abs=1e-15)
     assert voc_ap([], [], True) == 0.0 and voc_ap([], [], False) == 0.0
 
 
