@@ -196,14 +196,17 @@ def to_csv_overall(board: dict) -> str:
     return buf.getvalue()
 
 
-def intro(board: dict) -> str:
-    """The sentence above the tables: what their numbers are."""
+def intro(board: dict, html: bool = False) -> str:
+    """The sentence above the tables (Markdown, or the HTML report's): what their numbers are."""
     if any(t.get("metric", "top1") != "top1" for t in board["tables"]):
         return ("mAP (VOC07 11-point, PASCAL devkit rules: difficult objects neither positives nor false positives) "
-                "in percent on VOC test (evaluated once, on the detector selected on the held-out val subset), "
-                "mean ± sample std over seeds (n). fps: batch 1, whole pipeline, median, interleaved with the "
-                "unpruned architecture in the same run; GFLOPs at a fixed input and proposal count "
-                "(docs/detection.md).")
+                "in percent on VOC test, evaluated once on the trained detector (the one selected on the held-out "
+                "val subset when the config holds one out), mean ± sample std over seeds (n). fps: batch 1, whole "
+                "pipeline, median, interleaved in the same run with the trained unpruned detector; GFLOPs at a "
+                "fixed input and proposal count (docs/detection.md).")
+    if html:
+        return ("Top-1 in percent on the test split (evaluated once, on the model selected on val); "
+                "mean ± sample std over seeds (number of seeds in brackets).")
     return ("Top-1 in percent on the test split (evaluated once, on the model selected on val), "
             "mean ± sample std over seeds (n). Damage/recovery: mean over layer steps of the val top-1 drop "
             "after removing filters / the gain from fine-tuning that step.")

@@ -112,7 +112,7 @@ def tradeoff(board: dict, table: dict) -> bytes | None:
                    label="unpruned")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel.split(' (')[0]} vs {cost} — {table['label']}", fontsize=10)
+    ax.set_title(f"{'accuracy vs MACs' if m == 'top1' else 'mAP vs GFLOPs'} — {table['label']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

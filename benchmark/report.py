@@ -58,7 +58,7 @@ def render_html(board: dict, title: str = "Leaderboard", note: str | None = None
     for r in board["runs"]:
         states[r["state"]] = states.get(r["state"], 0) + 1
     out.append(f'<p class="small">{n_runs} runs: ' + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
-               + f". {esc(formats.intro(board))}</p>")
+               + f". {esc(formats.intro(board, html=True))}</p>")
     out.append('<section id="our-results"><h2>Our measurements</h2>')
     for i, t in enumerate(board["tables"]):
         out.append(f'<h3 id="table-{i}">{esc(t["label"])}</h3>')

@@ -179,21 +179,56 @@ def _check_library_options(cfg: DetectionConfig) -> None:
         resolve_preset(cfg.preset, **cfg.preset_overrides)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{cfg.source}: [detector]: {e}") from None
-    for table, check in (("[train]", train_config), ("[prune]", None)):
+    for table, options in (("[train]", cfg.train), ("[prune]", cfg.prune)):
+        if "seed" in options:
+            raise ValueError(f"{cfg.source}: {table} seed: a cell's seed is the grid's `seed` (its detector "
+                             "training, pruning and data order all follow it); remove the key")
+    checks = (("[train]", lambda: train_config(cfg.train)),
+              # criterion, ratio and seed come from the grid (checked per cell when it expands)
+              ("[prune]", lambda: cfg.prune and prune_config(cfg.prune, "random", 0.5, 0)))
+    for table, check in checks:
         try:
-            if check is not None:
-                check(cfg.train)
+            check()
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg.source}: {table}: {e}") from None
+    _check_splits(cfg)
+
+
+#: Which images of a year each set holds, as sets of the devkit's lists (trainval = train + val).
+_SET_PARTS = {"train": {"train"}, "val": {"val"}, "trainval": {"train", "val"}, "test": {"test"}}
+
+
+def _check_splits(cfg: DetectionConfig) -> None:
+    """``[voc] train`` must hold no test images and share no image with ``[voc] test``: the val subset is drawn
+    from ``train``, and the reported mAP must be on images the detector never trained or was selected on."""
+    from imagenet52p.voc.sets import parse_spec
+
+    try:
+        train, test = parse_spec(cfg.voc_option("train")), parse_spec(cfg.voc_option("test"))
+    except ValueError as e:
+        raise ValueError(f"{cfg.source}: [voc]: {e}") from None
+    if any(name == "test" for _, name in train):
+        raise ValueError(f"{cfg.source}: [voc] train = {cfg.voc_option('train')!r} holds a test set: the detector "
+                         "would train (and select its weights) on test images; use trainval sets (e.g. 07+12)")
+    shared = [f"{y}-{a}/{b}" for y, a in train for yt, b in test if y == yt and _SET_PARTS[a] & _SET_PARTS[b]]
+    if shared:
+        raise ValueError(f"{cfg.source}: [voc] train and test share images ({', '.join(shared)}); give disjoint "
+                         "sets (e.g. train = \"2007-trainval\", test = \"2007-test\")")
 
 
 def train_config(options: dict):
     """The library's :class:`pruning.detection.train.DetTrainConfig` of ``options``."""
     from pruning.detection.train import DetTrainConfig
+    if "iterations" not in options:
+        raise ValueError("`iterations` is required (the paper's recipe: iterations = 70000, steps = [50000])")
     return DetTrainConfig.from_dict(dict(options))
 
 
 def prune_config(options: dict, criterion: str, ratio: float, seed: int):
     """The library's :class:`pruning.detection.prune.DetPruneConfig` of ``[prune]`` + a cell's fields."""
     from pruning.detection.prune import DetPruneConfig
+    missing = [k for k in ("iters_per_layer", "final_iters") if k not in options]
+    if missing:
+        raise ValueError(f"{' and '.join(f'`{k}`' for k in missing)} required for direct cells (fine-tuning "
+                         "iterations after each layer step and at the end, e.g. 2000 and 30000)")
     return DetPruneConfig.from_dict({**dict(options), "criterion": criterion, "ratio": ratio, "seed": seed})

@@ -2,13 +2,15 @@
 
 Per cell, with ``B`` = ``batch_size`` (images per iteration), ``V`` / ``T`` = val subset / test images:
 
-* ``plugin``: trained images = ``iterations * B``; evaluated = ``T + V * floor(iterations / eval_every)``
-  (``T + V`` without ``eval_every``: val once, after the last iteration; no val term when ``V`` = 0).
+* ``plugin``: trained images = ``iterations * B``; evaluated = ``T + V * ceil(iterations / eval_every)``
+  (every ``eval_every`` iterations and after the last; ``T + V`` without ``eval_every``: val once, after the
+  last iteration; no val term when ``V`` = 0).
 * ``direct``: trained = ``(L * iters_per_layer + final_iters) * B + L * S`` (``B``, ``iters_per_layer`` and
   ``final_iters`` from ``[prune]``; ``L`` = backbone convs pruned: 13 for vgg16 with ``layers = "all"``;
   ``S`` = ``score_images`` for a data criterion, else 0); evaluated = ``T + V * (L + 2)`` (val before
   pruning, after every layer step and after the final fine-tune).
-* every cell: ``2 * [fps] images`` timed images (the detector and the unpruned one), counted as evaluated.
+* every cell: ``2 * (warmup + 2 * repeats * images)`` (``[fps]``) timed forwards, counted as evaluated images
+  (the detector and its unpruned reference; a timed pass and a per-stage pass per repeat).
 
 Set sizes are counted from the VOCdevkit's ``ImageSets/Main`` lists when found, else taken from
 ``VOC_SIZES`` (the official counts).  GPU-hours = trained / ``train_ips`` + evaluated / ``eval_ips``, over
@@ -77,13 +79,12 @@ def estimate_detection(cfg, train_ips: float | None = None, eval_ips: float | No
     trained = evals = 0.0
     for c in cells:
         opts = c.option_dict
-        t = opts["train"]
-        b = int(t.get("batch_size", 1))
-        every = t.get("eval_every")
-        evals += n_test + 2 * int(cfg.fps.get("images", 50))
+        fps = cfg.fps
+        evals += n_test + 2 * (int(fps.get("warmup", 5)) + 2 * int(fps.get("repeats", 1)) * int(fps.get("images", 50)))
         if c.kind == "plugin":
-            iters = int(t["iterations"])
-            evals += n_val * (iters // int(every) if every else 1)
+            t = opts["train"]
+            b, every, iters = int(t.get("batch_size", 1)), t.get("eval_every"), int(t["iterations"])
+            evals += n_val * (-(-iters // int(every)) if every else 1)  # every k iterations and at the last one
         else:
             p = opts["prune"]
             b = int(p.get("batch_size", 1))

@@ -11,10 +11,10 @@ seeded ``val_images`` held out for model selection) in ``RUN/train/``.
 
 Then both: the selected detector evaluated once on ``[voc] test`` (VOC07 11-point and VOC2010+ mAP, per-class
 AP), ``summary.json`` written (the cell is done), and the speed record ``latency.json``: fps at batch 1 over the
-whole pipeline on the first ``[fps] images`` test images, interleaved with the trained unpruned detector of the
-cell's plug-in baseline (run first; the unpruned architecture with random weights when it is not done, and
-``reference`` says which) measured in the same run, and GFLOPs of both at a fixed input and proposal count
-(:mod:`pruning.detection.speed`).
+whole pipeline on the first ``[fps] images`` test images, interleaved in the same run with the trained unpruned
+detector of the cell's plug-in baseline (run first in a task), and GFLOPs of both at a fixed input and proposal
+count (:mod:`pruning.detection.speed`).  While that baseline is not done (it sits in another task's share),
+``latency.json`` is not written: the cell is done, its fps is missing (``—``), and the next ``run`` times it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..results import LATENCY_FILE, SUMMARY_FILE, cell_state
+from imagenet52p.voc import VOC_CLASSES
+
 from .config import DetectionConfig, prune_config, train_config
 from .grid import DetCell
 from .upstream import upstream_model_dir
@@ -92,27 +94,22 @@ def _datasets(rc: DetResolved, splits: dict) -> dict:
             "test": VOCDetectionDataset(splits["test"], train=False)}
 
 
-def _factory(rc: DetResolved):
-    """A fresh UNPRUNED detector of the cell's architecture and preset (random init)."""
-    from pruning.detection.model import make_detector
-    cfg = rc.cfg
-    return lambda: make_detector(cfg.arch, num_classes=NUM_CLASSES, preset=cfg.preset, seed=rc.cell.seed,
-                                 **cfg.preset_overrides)
-
-
 def _train_plugin(rc: DetResolved, data: dict, run_dir: Path):
+    import torch
+
     from pruning.detection.io import detector_from_run, load_detector
     from pruning.detection.train import train_detector
 
     cfg, cell, env = rc.cfg, rc.cell, rc.env
     model_dir = upstream_model_dir(cfg, cell.upstream, cell.up_id, rc.upstream_results)
+    out = run_dir / "train"
+    torch.manual_seed(cell.seed)  # the new RPN and box predictor: a function of the cell, not of the run order
     detector = detector_from_run(model_dir, cfg.arch, num_classes=NUM_CLASSES, preset=cfg.preset,
                                  **cfg.preset_overrides)
-    out = run_dir / "train"
-    summary = train_detector(detector, data["train"], train_config(cfg.train), out, val_data=data["val"],
-                             device=env.device, resume=True, progress=env.progress, stop_after=env.stop_after,
-                             num_workers=rc.workers, meta={"cell": cell.id, "cell_hash": cell.hash,
-                                                           "upstream": str(model_dir)})
+    summary = train_detector(detector, data["train"], train_config({**cfg.train, "seed": cell.seed}), out,
+                             val_data=data["val"], device=env.device, resume=True, progress=env.progress,
+                             stop_after=env.stop_after, num_workers=rc.workers, class_names=VOC_CLASSES,
+                             meta={"cell": cell.id, "cell_hash": cell.hash, "upstream_hash": cell.up_hash})
     return load_detector(out / "detector"), {"train": summary, "plan": _plan(out / "detector")}
 
 
@@ -130,7 +127,9 @@ def _prune_direct(rc: DetResolved, data: dict, run_dir: Path):
     out = run_dir / "prune"
     pc = prune_config(cfg.prune, cell.criterion, cell.ratio, cell.seed)
     summary = prune_detector(detector, pc, data["train"], out, score_data=data["train"], val_data=data["val"],
-                             device=env.device, resume=True, progress=env.progress, stop_after=env.stop_after)
+                             device=env.device, resume=True, progress=env.progress, stop_after=env.stop_after,
+                             num_workers=rc.workers, class_names=VOC_CLASSES,
+                             meta={"cell": cell.id, "cell_hash": cell.hash, "source": cell.source})
     return load_detector(out / "detector"), {"prune": summary, "plan": _plan(out / "detector")}
 
 
@@ -154,33 +153,46 @@ def execute_detection_cell(cfg, cell: DetCell, run_dir, env, rc: DetResolved | N
         detector, record = _prune_direct(rc, data, run_dir)
     if not (run_dir / SUMMARY_FILE).is_file():
         test = evaluate_detector(detector, data["test"], device=env.device, progress=env.progress,
-                                 num_workers=rc.workers)
+                                 num_workers=rc.workers, class_names=VOC_CLASSES)
         summary = {"task": "detection", "kind": cell.kind, "cell": cell.id, "cell_hash": cell.hash,
                    "test": test, "images": {k: len(v) for k, v in splits.items()}, **record}
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
     from ..results import _read_json
     summary = _read_json(run_dir / SUMMARY_FILE)
     if not (run_dir / LATENCY_FILE).is_file():
-        write_json_atomic(run_dir / LATENCY_FILE, measure_speed(rc, detector, data["test"]))
+        speed = measure_speed(rc, detector, data["test"])
+        if speed is not None:
+            write_json_atomic(run_dir / LATENCY_FILE, speed)
     return summary
 
 
 def measure_speed(rc: DetResolved, detector, test_data) -> dict:
-    """fps of ``detector`` and of the unpruned architecture, interleaved, on the first ``[fps] images`` test
-    images at batch 1, and GFLOPs of both at the preset's fixed input and proposal count."""
+    """fps of ``detector`` and of its reference (the trained unpruned detector, :func:`_reference`),
+    interleaved, on the first ``[fps] images`` test images at batch 1, in the evaluation's precision, and GFLOPs
+    of both at the preset's fixed input (``min_size x max_size``) and test proposal count; None while the
+    reference is not done."""
     import torch
 
     from pruning.detection.speed import detector_cost, measure_fps, speedup_report
 
     fps = rc.cfg.fps
     device = rc.env.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    found = _reference(rc)
+    if found is None:
+        log.warning("cell %s: its fps reference %s is not done yet; the next `run` times it", rc.cell.id,
+                    rc.cell.reference_id)
+        return None
+    base, reference = found
     n = min(int(fps.get("images", 50)), len(test_data))
     images = [test_data[i][0] for i in range(n)]
-    base, reference = _reference(rc)
-    timed = measure_fps({"unpruned": base, "pruned": detector}, images, device=device,
+    # the precision of the evaluation (bf16 autocast on CUDA, boxes in fp32; fp32 on CPU): fps and mAP of one pipeline
+    dtype = "bfloat16" if torch.device(device).type == "cuda" else None
+    timed = measure_fps({"unpruned": base, "pruned": detector}, images, device=device, dtype=dtype,
                         warmup=int(fps.get("warmup", 5)), repeats=int(fps.get("repeats", 1)))
-    proposals = int(detector.rpn._post_nms_top_n["testing"])  # the preset's test-time proposal count
-    cost = {"unpruned": detector_cost(base, proposals=proposals), "pruned": detector_cost(detector, proposals=proposals)}
+    p = detector.preset
+    proposals = int(p.rpn_post_nms_top_n_test)  # the preset's test-time proposal count
+    size = (p.min_size, p.max_size)  # the preset's largest resized input: the same for every detector
+    cost = {"unpruned": detector_cost(base, size, proposals), "pruned": detector_cost(detector, size, proposals)}
     speedup = speedup_report({**cost["unpruned"], **timed["models"]["unpruned"]},
                              {**cost["pruned"], **timed["models"]["pruned"]})
     return {"fps": timed, "cost": cost, "speedup": speedup, "reference": reference}
@@ -188,12 +200,12 @@ def measure_speed(rc: DetResolved, detector, test_data) -> dict:
 
 def _reference(rc: DetResolved):
     """``(the unpruned detector timed with this one, what it is)``: the trained plug-in baseline of this cell
-    (itself, for a baseline; the detector a direct cell pruned) when it is done, else the unpruned architecture
-    with random weights (its post-processing then times a different number of boxes: the record says so)."""
+    (itself, for a baseline; the detector a direct cell pruned), or None while it is not done (a random-weights
+    detector would post-process another number of boxes, so it is never the reference)."""
     from pruning.detection.io import load_detector
 
     ref = rc.cell.reference_id
-    path = Path(rc.env.results_dir) / ref / "train" / "detector" if ref else None
-    if path is not None and cell_state(path.parent.parent) == "done" and path.is_dir():
+    path = Path(rc.env.results_dir) / ref / "train" / "detector"
+    if cell_state(path.parent.parent) == "done" and path.is_dir():
         return load_detector(path), f"trained unpruned detector of {ref}"
-    return _factory(rc)(), "unpruned architecture, random weights (its plug-in baseline was not done)"
+    return None

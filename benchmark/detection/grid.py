@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..grid import NO_CRITERION, PRUNE_ONLY, _canon, identity_hash
 from .config import CELL_KEYS, DetectionConfig, prune_config, train_config
-from .upstream import find_upstream
+from .upstream import find_upstream, upstream_config
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,40 @@ class DetCell:
         return d
 
 
+def _voc_identity(cfg: DetectionConfig) -> dict:
+    """The VOC options in canonical form: set specs spelt out (``07`` = ``2007-trainval``), ``val_seed`` only
+    when a val subset is drawn."""
+    from imagenet52p.voc.sets import parse_spec, spec_name
+
+    out = {k: spec_name(parse_spec(cfg.voc_option(k))) for k in ("train", "test")}
+    out["val_images"] = int(cfg.voc_option("val_images"))
+    if out["val_images"]:
+        out["val_seed"] = int(cfg.voc_option("val_seed"))
+    return out
+
+
+def _detector_identity(cfg: DetectionConfig) -> dict:
+    """Architecture, preset, and the preset fields the config changes (a default written out is no change)."""
+    import dataclasses as dc
+
+    from pruning.detection.model import PRESETS, resolve_preset
+
+    base, got = dc.asdict(PRESETS[cfg.preset]), dc.asdict(resolve_preset(cfg.preset, **cfg.preset_overrides))
+    changed = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(got.items()) if v != base[k]}
+    return {"arch": cfg.arch, "preset": cfg.preset, "overrides": changed}
+
+
 def _options(cfg: DetectionConfig, kind: str, criterion, ratio: float, seed: int) -> dict:
-    voc = {k: cfg.voc_option(k) for k in ("train", "test", "val_images", "val_seed")}
-    det = {"arch": cfg.arch, "preset": cfg.preset, "overrides": dict(sorted(cfg.preset_overrides.items()))}
-    out = {"voc": voc, "detector": det, "train": train_config(cfg.train).to_dict()}
-    if kind == "direct":
-        out["prune"] = prune_config(cfg.prune, criterion, ratio, seed).to_dict()
+    """The number-changing options of a cell, through the library's dataclasses (defaults filled in, the
+    checkpoint/log cadence left out: ``pruning.detection.train.numbers_config``).  A plug-in cell's detector
+    training takes the cell's seed; a direct cell's training is its source's (pinned by the source's hash)."""
+    from pruning.detection.train import numbers_config
+
+    out = {"voc": _voc_identity(cfg), "detector": _detector_identity(cfg)}
+    if kind == "plugin":
+        out["train"] = numbers_config(train_config({**cfg.train, "seed": seed}))
+    else:
+        out["prune"] = numbers_config(prune_config(cfg.prune, criterion, ratio, seed))
         for k in ("criterion", "ratio", "seed"):
             out["prune"].pop(k, None)  # in the identity already
     return out
@@ -103,8 +131,8 @@ def _plugin(cfg: DetectionConfig, vals: dict, where: str) -> DetCell:
     selectors = {k: v for k, v in vals.items() if k not in CELL_KEYS}
     up = find_upstream(cfg, name, crit, ratio, seed, selectors, where)
     opts = _options(cfg, "plugin", crit, ratio, seed)
-    return DetCell("plugin", cfg.arch, name, cfg.upstream[name]["config"], up.id, up.hash, crit, ratio, seed,
-                   None, None, _canon(opts))
+    up_name = upstream_config(cfg, name).name  # the config's name, not the path it was given by: machine-free
+    return DetCell("plugin", cfg.arch, name, up_name, up.id, up.hash, crit, ratio, seed, None, None, _canon(opts))
 
 
 def baseline_selectors(vals: dict) -> dict:
@@ -123,6 +151,7 @@ def _direct(cfg: DetectionConfig, vals: dict, where: str) -> tuple[DetCell, DetC
     src_vals = baseline_selectors({k: v for k, v in vals.items() if k not in ("kind", "source_seed")})
     src_vals.update({"seed": int(vals.get("source_seed", seed)), "kind": "plugin"})
     source = _plugin(cfg, src_vals, where)
+    source = dataclasses.replace(source, reference_id=source.id)  # a baseline is timed against itself
     try:
         opts = _options(cfg, "direct", crit, ratio, seed)
     except (TypeError, ValueError) as e:

@@ -205,7 +205,8 @@ def test_estimate_counts_detection_cells_by_the_documented_formula(det):
     n_train, n_test, n_val = 16, 8, 4
     layers = 4  # tinyvgg's convs
     trained = 2 * 6 * 2 + (layers * 1 + 2) * 2  # two plug-in cells, one direct (random: no scoring)
-    evals = 3 * (n_test + 2 * 2) + 2 * n_val * (6 // 3) + n_val * (layers + 2)  # test + fps; val (plug-in, direct)
+    fps = 2 * (1 + 2 * 1 * 2)  # 2 detectors x (warmup 1 + 2 passes x 1 repeat x 2 images)
+    evals = 3 * (n_test + fps) + 2 * n_val * (6 // 3) + n_val * (layers + 2)  # test + fps; val (plug-in, direct)
     assert e["cells"] == 3 and e["train_images"] == trained and e["eval_images"] == evals
     assert e["gpu_hours"] == pytest.approx((trained / 10 + evals / 20) / 3600)
     assert e["train_images_voc"] == n_train
