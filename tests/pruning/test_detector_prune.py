@@ -9,35 +9,15 @@ import pytest
 import torch
 
 import pruning
-from imagenet52p.voc import VOCDetectionDataset, load_images, make_fake_voc, split_val
 from pruning.detection.io import load_detector
-from pruning.detection.model import backbone_layers, make_detector
+from pruning.detection.model import backbone_layers
 from pruning.detection.prune import LOSS_PASSES, DetPruneConfig, ScoreImages, prune_detector, score_layer, target_layers
 from pruning.loop import Stopped
-from pruning.loop.models import TinyVGG
 from pruning.registry import get_criterion
 
+from detector_helpers import CLASSES, FAST, tiny_detector, voc  # noqa: F401 (voc: a fixture)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CLASSES = ("aeroplane", "bicycle", "bird")
-FAST = dict(min_size=96, max_size=128)
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    """(train, val, test) datasets of a 3-class synthetic VOC2007: 18 train + 6 val, 8 test."""
-    root = tmp_path_factory.mktemp("voc")
-    make_fake_voc(root, years=("2007",), trainval=24, test=8, classes=CLASSES, size=(80, 112), seed=0)
-    train, val = split_val(load_images(root, "2007-trainval"), 6, seed=0)
-    return (VOCDetectionDataset(train, train=True, seed=0), VOCDetectionDataset(val, train=False),
-            VOCDetectionDataset(load_images(root, "2007-test"), train=False))
-
-
-def tiny_detector(seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    return make_detector("tinyvgg", num_classes=len(CLASSES) + 1, preset="tiny",
-                         classifier=TinyVGG(1000, dropout=0.5), **{**FAST, **overrides})
-
 
 @pytest.mark.parametrize("name", pruning.list_criteria())
 def test_gradient_criteria_are_refused_and_the_others_accepted(name):

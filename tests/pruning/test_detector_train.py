@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from imagenet52p.voc import VOCDetectionDataset, collate, load_images, make_fake_voc, split_val
+from imagenet52p.voc import VOCDetectionDataset, collate, load_images, make_fake_voc
 from pruning.detection.evaluate import evaluate_detector
 from pruning.detection.model import detector_from_classifier, make_detector
 from pruning.detection.train import (DetTrainConfig, IterationData, lr_at, make_optimizer, train_detector,
@@ -17,28 +17,9 @@ from pruning.loop import Stopped
 from pruning.loop.models import TinyVGG
 from pruning.loop.train import Runtime
 
+from detector_helpers import CLASSES, FAST, tiny_detector, voc  # noqa: F401 (voc: a fixture)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CLASSES = ("aeroplane", "bicycle", "bird")  # labels 1..3 (VOC order)
-FAST = dict(min_size=96, max_size=128)  # tiny preset at a smaller input: the default suite's budget
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    """(train, val, test) datasets of a 3-class synthetic VOC2007: 24 trainval (18 train + 6 val), 8 test."""
-    root = tmp_path_factory.mktemp("voc")
-    make_fake_voc(root, years=("2007",), trainval=24, test=8, classes=CLASSES, size=(80, 112), seed=0)
-    train, val = split_val(load_images(root, "2007-trainval"), 6, seed=0)
-    return (VOCDetectionDataset(train, train=True, seed=0), VOCDetectionDataset(val, train=False),
-            VOCDetectionDataset(load_images(root, "2007-test"), train=False))
-
-
-def tiny_detector(seed: int = 0, dropout: float = 0.5, **overrides):
-    """A tiny detector with dropout in its box head (so resume identity covers the dropout RNG)."""
-    torch.manual_seed(seed)
-    return make_detector("tinyvgg", num_classes=len(CLASSES) + 1, preset="tiny",
-                         classifier=TinyVGG(1000, dropout=dropout), **{**FAST, **overrides})
-
 
 @pytest.mark.parametrize("kwargs, option", [
     (dict(iterations=0), "iterations"), (dict(iterations=2.5), "iterations"), (dict(iterations=4, lr=0), "lr"),
