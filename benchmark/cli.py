@@ -303,5 +303,87 @@ def clean_cmd(config, out, stale, dry_run) -> None:
     click.echo(f"{len(found)} cell folder(s) {verb} in {results}" if found else f"nothing to clean in {results}")
 
 
+
+@main.command("submit")
+@click.argument("config")
+@click.option("--out", "out", default=None, help="Results folder (default: results/<config name>).")
+@click.option("--tasks", type=int, default=1, show_default=True, help="Array tasks the grid is split across.")
+@click.option("--executor", type=click.Choice(["slurm", "local"]), default="slurm", show_default=True,
+              help="slurm: sbatch one job array; local: run the tasks on this machine (submitit.LocalExecutor).")
+@click.option("--gpus-per-task", type=int, default=1, show_default=True)
+@click.option("--cpus-per-task", type=int, default=8, show_default=True)
+@click.option("--time", "time_min", type=int, default=24 * 60, show_default=True,
+              help="Time limit per task in minutes; on timeout the task is requeued and resumes.")
+@click.option("--partition", default=None, help="SLURM partition.")
+@click.option("--mem-gb", type=float, default=None, help="Memory per task (GB).")
+@click.option("--slurm-array-parallelism", "parallelism", type=int, default=None,
+              help="At most this many tasks at once.")
+@click.option("--logs", default=None, help="submitit's log folder (default: RESULTS/submitit).")
+@click.option("--only-task", "only_tasks", type=int, multiple=True,
+              help="Submit only this task index of --tasks N (resubmit a killed task); repeatable.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available).")
+@click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
+@click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
+@click.option("--upstream", "upstream", multiple=True,
+              help="NAME=RESULTS: detection configs: the results folder of [upstream.NAME] (its backbones).")
+@click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--threads", type=int, default=None, help="torch CPU threads per task (torch.set_num_threads).")
+@_workers
+@_verbose
+@_clean_errors
+def submit_cmd(config, out, tasks, executor, gpus_per_task, cpus_per_task, time_min, partition, mem_gb,
+               parallelism, logs, only_tasks, device, data, data_root, upstream, weights, threads, workers,
+               num_workers_old) -> None:
+    """Submit CONFIG's grid as one job array of --tasks shares (each runs `run --resume` on its share)."""
+    import os
+
+    from .config import load_config
+    from .resolve import CellEnv
+    from .submit import SubmitOptions, submit_grid
+
+    cfg = load_config(config)
+    results = _results_dir(cfg, out).resolve()
+    root = data_root or os.environ.get("IMAGENET52P_DATA")
+    env = CellEnv(results_dir=str(results), data_root=str(Path(root).resolve()) if root else str(Path.cwd()),
+                  data={k: str(Path(v).resolve()) for k, v in _parse_data(data).items()}, device=device,
+                  upstream={k: str(Path(v).resolve()) for k, v in _parse_data(upstream, "--upstream").items()},
+                  progress=False, num_workers=workers if workers is not None else num_workers_old,
+                  weights=str(Path(weights).resolve()) if weights not in (None, "pretrain", "none") else weights)
+    opts = SubmitOptions(executor=executor, tasks=tasks, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
+                         time_min=time_min, partition=partition, mem_gb=mem_gb, array_parallelism=parallelism,
+                         logs=logs, only_tasks=tuple(only_tasks), threads=threads)
+    rows = submit_grid(cfg, env, opts)
+    click.echo(f"{cfg.name}: submitted {len(rows)} task(s) of {tasks} ({executor}):")
+    for r in rows:
+        click.echo(f"  task {r['task_index']}: job {r['job_id']}")
+    click.echo(f"results: {results}")
+    click.echo(f"follow it: imagenet52p-bench status {results} --config {cfg.name}")
+
+
+@main.command("status")
+@click.argument("results")
+@click.option("--config", "config", default=None, help="The config whose cells to show (a name recorded in "
+              "RESULTS/experiments/); required when RESULTS holds several configs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_verbose
+@_clean_errors
+def status_cmd(results, config, as_json) -> None:
+    """Cells of RESULTS (done / partial / failed / pending / running) and the jobs `submit` started."""
+    from .status import grid_status
+
+    st = grid_status(results, config)
+    if as_json:
+        click.echo(json.dumps(st, indent=1))
+        return
+    for r in st["cells"]:
+        pid = f"  (pid {r['pid']})" if r["pid"] else ""
+        click.echo(f"{r['state']:8s} {r['id']}{pid}")
+    counts = ", ".join(f"{v} {k}" for k, v in st["counts"].items() if v)
+    click.echo(f"{st['config'] or results}: {len(st['cells'])} cells: {counts or 'none'}")
+    for j in st["jobs"]:
+        click.echo(f"job {j['job_id']} (task {j['task_index']}/{j['num_tasks']}, {j['executor']}): {j['state']}"
+                   f"  log {j['log']}")
+
+
 if __name__ == "__main__":
     main()

@@ -110,16 +110,20 @@ def _labels(value: str | None):
 @click.option("--resume", is_flag=True, help="continue an interrupted run (a complete one is left as is)")
 @click.option("--keep-step-checkpoints", is_flag=True, help="also keep checkpoints/step_XX.pt after every layer step")
 @click.option("--no-progress", is_flag=True)
+@click.option("--tensorboard", is_flag=True,
+              help="also write every event of events.jsonl as TensorBoard scalars into OUT/tensorboard/ "
+                   "(needs: pip install tensorboard)")
 @click.option("-v", "--verbose", count=True)
 def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, data_dir, out_dir, layers, order,
               one_shot, p, q, data_fraction, final_data_fraction, classes, head, label_space, score_images, score_labels, round_to,
               min_keep, batch_size, accum_steps, lr, final_lr, schedule, step_epochs, gamma, momentum,
               weight_decay, select, seed, image_size, resize, device, workers, threads, no_amp, deterministic,
-              resume, keep_step_checkpoints, no_progress, verbose):
+              resume, keep_step_checkpoints, no_progress, tensorboard, verbose):
     """Prune MODEL layer by layer with CRITERION and fine-tune (the paper's Algorithm 1).
 
     Writes OUT/config.json, events.jsonl, checkpoints/, model/ (plan.json + state_dict.pt)
-    and, last, summary.json (damage, recovery, per-epoch recovery curve, data used, test).
+    and, last, summary.json (damage, recovery, per-epoch recovery curve, data used, test);
+    with --tensorboard also OUT/tensorboard/.
     """
     from pruning.loop import LoopConfig, RunOptions
 
@@ -145,7 +149,11 @@ def prune_cmd(model, weights, num_classes, criterion, criterion_options, ratio, 
         spec = RunSpec(model=model, data=data_dir, weights=weights, num_classes=num_classes, head=head,
                        label_space=label_space, classes=classes, image_size=image_size, resize=resize)
         options = RunOptions(device=device, amp=not no_amp, deterministic=deterministic, num_workers=workers,
-                             progress=not no_progress, keep_step_checkpoints=keep_step_checkpoints)
+                             progress=not no_progress, keep_step_checkpoints=keep_step_checkpoints,
+                             tensorboard=tensorboard)
+        if tensorboard:
+            from pruning.loop.tensorboard import check_available
+            check_available()  # before the data and the model are opened
         _run_and_report(spec, cfg, out_dir, options, resume)
 
 

@@ -34,6 +34,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--seed", type=int, default=0, help="Seed of the held-out choice and the shard order.")
 @click.option("--shard-size", type=int, default=1000, help="Samples per train shard.")
 @click.option("--eval-shard-size", type=int, default=250, help="Samples per val/test shard.")
+@click.option("--shards-per-split", type=int, default=None,
+              help="Exactly N shards per split, sizes equal to within one sample (overrides the shard sizes; "
+                   "check a count with `imagenet52p info OUT --readers`).")
 @click.option("--resize", type=int, default=None, help="Cap the shorter side at N pixels (re-encoded).")
 @click.option("--quality", type=int, default=90, help="JPEG quality of re-encoded images.")
 @click.option("--decode-check", is_flag=True, help="Fully decode every kept JPEG (slower, stricter check).")
@@ -45,8 +48,8 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True)
 @user_errors
-def main(root, out, classes, layout, val_per_class, seed, shard_size, eval_shard_size, resize, quality,
-         decode_check, workers, on_error, allow_missing, overwrite, quiet, verbose) -> None:
+def main(root, out, classes, layout, val_per_class, seed, shard_size, eval_shard_size, shards_per_split,
+         resize, quality, decode_check, workers, on_error, allow_missing, overwrite, quiet, verbose) -> None:
     """Build ImageNet-52P (or any class set) as deterministic webdataset shards.
 
     Splits: train (ImageNet train minus the held-out part), val (--val-per-class train images per
@@ -55,7 +58,8 @@ def main(root, out, classes, layout, val_per_class, seed, shard_size, eval_shard
     """
     _setup_logging(verbose)
     cfg = BuildConfig(root=root, out=out, classes=classes, layout=layout, val_per_class=val_per_class, seed=seed,
-                      shard_size=shard_size, eval_shard_size=eval_shard_size, resize=resize, quality=quality,
+                      shard_size=shard_size, eval_shard_size=eval_shard_size,
+                      shards_per_split=shards_per_split, resize=resize, quality=quality,
                       decode_check=decode_check, workers=workers, on_error=on_error, allow_missing=allow_missing,
                       overwrite=overwrite, progress=not quiet)
     try:
@@ -92,14 +96,31 @@ def verify_cmd(out: str, workers: int) -> None:
 
 @click.command("info")
 @click.argument("out", type=click.Path())
+@click.option("--readers", is_flag=True,
+              help="Also say whether timm's wds reader and webdataset read each split exactly (docs/dataset.md).")
+@click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --readers: DDP ranks.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="With --readers: DataLoader workers per rank (timm's -j).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --readers: timm's -b (it rounds train epochs up to whole batches).")
+@click.option("--seed", type=int, default=42, show_default=True, help="With --readers: timm's --seed.")
+@click.option("--epoch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --readers: the epoch (timm reshuffles train shards per epoch).")
 @user_errors
-def info_cmd(out: str) -> None:
-    """Print the summary of the build in OUT (from its manifest)."""
+def info_cmd(out: str, readers: bool, world_size: int, workers: int, batch_size: int, seed: int,
+             epoch: int) -> None:
+    """Print the summary of the build in OUT (from its manifest); with --readers, what timm and
+    webdataset would repeat, miss or hang on (informational: exit 0)."""
     try:
         manifest = load_manifest(out)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(manifest))
+    if readers:
+        from .format.readers import readers_report
+
+        click.echo("\n".join(readers_report(manifest, world_size, workers, batch_size, seed, epoch)))
     if manifest["skipped"]:
         click.echo(f"skipped ({len(manifest['skipped'])}):")
         for e in manifest["skipped"][:20]:

@@ -12,6 +12,9 @@ Definitions (all driven by ``seed`` through :func:`~.config.derived_seed`, never
   path sorts first keeps it and the others get ``_2``, ``_3``, ...
 * order: the split's samples sorted by key, then a seeded permutation (seed, "order", split);
   consecutive runs of ``shard_size`` (train) or ``eval_shard_size`` (val, test) form the shards.
+  With ``shards_per_split`` = N instead: N consecutive runs, the first ``n_samples % N`` of
+  ``n_samples // N + 1`` samples and the rest of ``n_samples // N`` (:func:`even_sizes`); an empty
+  split has no shards, and a split with fewer than N samples is refused.
 * plan hash of a shard: sha256 over the build identity and each planned sample's key, label,
   source path and source size.  A shard on disk is reused only if its recorded plan hash and
   checksum match.
@@ -90,9 +93,31 @@ def split_sources(sources: list[Source], wnids: list[str], val_per_class: int, s
     return {"train": train, "val": val, "test": test}
 
 
-def plan_split(split: str, sources: list[Source], cs: ClassSet, size: int, seed: int, prefix: str
-               ) -> list[tuple[str, int, tuple[Sample, ...]]]:
-    """``[(shard path, shard index, samples)]`` for one split."""
+def even_sizes(n_samples: int, n_shards: int) -> list[int]:
+    """``n_shards`` sizes summing to ``n_samples``, equal to within one (the larger ones first)."""
+    q, r = divmod(n_samples, n_shards)
+    return [q + 1] * r + [q] * (n_shards - r)
+
+
+def shard_bounds(n_samples: int, size: int, count: int | None, split: str) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` of each shard: runs of ``size``, or ``count`` runs of :func:`even_sizes`."""
+    if count is None:
+        return [(a, min(a + size, n_samples)) for a in range(0, n_samples, size)]
+    if n_samples == 0:
+        return []
+    if count > n_samples:
+        raise BuildError(f"--shards-per-split {count} exceeds the {n_samples} samples of split {split!r} "
+                         f"(every shard needs at least one sample); choose at most {n_samples}")
+    bounds, a = [], 0
+    for n in even_sizes(n_samples, count):
+        bounds.append((a, a + n))
+        a += n
+    return bounds
+
+
+def plan_split(split: str, sources: list[Source], cs: ClassSet, size: int, seed: int, prefix: str,
+               count: int | None = None) -> list[tuple[str, int, tuple[Sample, ...]]]:
+    """``[(shard path, shard index, samples)]`` for one split (``count``: ``shards_per_split``)."""
     keyed = sorted(assign_keys(split, sources), key=lambda t: t[0])
     order = np.random.default_rng(derived_seed(seed, "order", split)).permutation(len(keyed)).tolist()
     infos = {c.wnid: c for c in cs}
@@ -101,8 +126,8 @@ def plan_split(split: str, sources: list[Source], cs: ClassSet, size: int, seed:
         key, src = keyed[i]
         c = infos[src.wnid]
         samples.append(Sample(key, c.index, src, c.imagenet1k_index, c.voc_class))
-    return [(shard_rel(prefix, split, j), j, tuple(samples[a:a + size]))
-            for j, a in enumerate(range(0, len(samples), size))]
+    return [(shard_rel(prefix, split, j), j, tuple(samples[a:b]))
+            for j, (a, b) in enumerate(shard_bounds(len(samples), size, count, split))]
 
 
 def plan_sha256(identity_digest: str, rel: str, samples: tuple[Sample, ...]) -> str:

@@ -37,6 +37,8 @@ class BuildConfig:
     val_per_class: train images per class held out (seeded) as the ``val`` split.
     seed: drives the held-out choice and the order of samples across shards.
     shard_size / eval_shard_size: samples per shard for train / for val and test.
+    shards_per_split: None, or exactly this many shards in every non-empty split (sizes equal to
+    within one sample, overriding shard_size / eval_shard_size; refused for a split with fewer samples).
     resize: cap the shorter side at this many pixels (re-encoding with ``quality``); None keeps sizes.
     quality: JPEG quality of every re-encoded image (conversions and resizes).
     decode_check: fully decode every kept JPEG (slower) instead of the header + end-marker check.
@@ -52,6 +54,7 @@ class BuildConfig:
     seed: int = 0
     shard_size: int = 1000
     eval_shard_size: int = 250
+    shards_per_split: int | None = None
     resize: int | None = None
     quality: int = 90
     decode_check: bool = False
@@ -71,6 +74,9 @@ class BuildConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        n = self.shards_per_split
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"--shards-per-split must be a positive integer, got {n!r}")
         if not isinstance(self.val_per_class, int) or self.val_per_class < 0:
             raise ValueError(f"--val-per-class must be an integer >= 0, got {self.val_per_class!r}")
         if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 8):
@@ -100,8 +106,13 @@ class BuildConfig:
             return max(1, os.cpu_count() or 1)
 
     def identity_options(self) -> dict:
+        """The output-changing options; ``shards_per_split`` only when set (so builds made without
+        it keep the identity, and the manifest ``options``, they had before the option existed)."""
         d = asdict(self)
-        return {k: d[k] for k in IDENTITY_OPTIONS}
+        ident = {k: d[k] for k in IDENTITY_OPTIONS}
+        if self.shards_per_split is not None:
+            ident["shards_per_split"] = self.shards_per_split
+        return ident
 
 
 def build_identity(cfg: BuildConfig, class_set_sha256: str, layout: str) -> dict:

@@ -25,6 +25,7 @@ import multiprocessing as mp
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..classes import load_class_set
@@ -34,6 +35,7 @@ from .config import BuildConfig, BuildError, build_identity, identity_digest
 from .layouts import scan_root
 from .lock import LOCK, out_lock
 from .manifest import make_info, make_manifest
+from .progress import BuildProgress, init_worker, reporter
 from .sources import UNREADABLE
 from .writer import ShardTask, write_shard
 
@@ -142,14 +144,15 @@ def _record_name(rel: str) -> str:
     return rel.replace("/", "__") + ".json"
 
 
-def run_task(args: tuple[ShardTask, dict | None]) -> dict:
-    """Reuse the shard if ``record`` matches its plan and its file's checksum, else write it."""
+def run_task(args: tuple[ShardTask, dict | None], sink=None) -> dict:
+    """Reuse the shard if ``record`` matches its plan and its file's checksum, else write it
+    (reporting per image to ``sink``, or in a worker to the progress queue: :mod:`.progress`)."""
     task, record = args
     if record is not None and record.get("plan_sha256") == task.plan_sha256:
         path = Path(task.out) / task.rel
         if path.is_file() and path.stat().st_size == record["bytes"] and file_sha256(path) == record["sha256"]:
             return dict(record, reused=True)
-    return dict(write_shard(task), reused=False)
+    return dict(write_shard(task, reporter(task.rel, sink)), reused=False)
 
 
 def _make_tasks(cfg: BuildConfig, cs, splits, digest: str, prefix: str) -> dict[str, list[ShardTask]]:
@@ -158,7 +161,8 @@ def _make_tasks(cfg: BuildConfig, cs, splits, digest: str, prefix: str) -> dict[
         size = cfg.shard_size if split == "train" else cfg.eval_shard_size
         tasks[split] = [ShardTask(split, j, rel, str(cfg.out_path), samples, plan_sha256(digest, rel, samples),
                                   cfg.resize, cfg.quality, cfg.decode_check, cfg.on_error)
-                        for rel, j, samples in plan_split(split, splits[split], cs, size, cfg.seed, prefix)]
+                        for rel, j, samples in plan_split(split, splits[split], cs, size, cfg.seed, prefix,
+                                                                 cfg.shards_per_split)]
     return tasks
 
 
@@ -179,25 +183,23 @@ def _missing_classes(cfg: BuildConfig, cs, scan) -> list[str]:
 
 
 def _run_tasks(cfg: BuildConfig, tasks: dict[str, list[ShardTask]], records: dict[str, dict], workers: int,
-               result: BuildResult, t_start: float) -> dict[str, list[dict]]:
+               result: BuildResult) -> dict[str, list[dict]]:
     """Write (or keep) every shard, split by split; return each split's records in shard order.
     Fills ``result``'s per-split timings and reuse counts and its source bytes."""
-    from tqdm.auto import tqdm
-
     out = cfg.out_path
-    n_images = sum(len(t.samples) for ts in tasks.values() for t in ts)
     by_split: dict[str, list[dict]] = {}
-    bar = tqdm(total=n_images, unit="img", disable=not cfg.progress, dynamic_ncols=True)
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
-    written = 0
+    progress = BuildProgress(tasks, records, out, cfg.progress, workers)
+    pool = (mp.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(progress.queue,))
+            if workers > 1 else None)
     try:
         for split in SPLITS:
             t0 = time.perf_counter()
-            bar.set_description(split)
+            progress.bar.set_description(split)
             jobs = [(t, records.get(t.rel)) for t in tasks[split]]
-            results = pool.imap_unordered(run_task, jobs) if pool else map(run_task, jobs)
+            results = (pool.imap_unordered(run_task, jobs) if pool
+                       else map(partial(run_task, sink=progress.sink()), jobs))
             recs = {}
-            for rec in results:
+            for rec in progress.follow(results):
                 if rec["reused"] and cfg.on_error == "fail" and rec["skipped"]:
                     raise BuildError(f"kept shard {rec['path']} skipped {len(rec['skipped'])} bad image(s) in an "
                                      f"earlier --on-error skip run (first: {rec['skipped'][0]['source']}); "
@@ -208,17 +210,14 @@ def _run_tasks(cfg: BuildConfig, tasks: dict[str, list[ShardTask]], records: dic
                     write_json_atomic(out / STATE / "shards" / _record_name(rec["path"]),
                                       {k: v for k, v in rec.items() if k not in ("reused", "seconds")})
                     result.source_bytes += rec["source_bytes"]
-                    written += rec["bytes"]
-                bar.update(len(tasks[split][rec["index"]].samples))
-                el = max(time.perf_counter() - t_start, 1e-9)
-                bar.set_postfix_str(f"{written / el / 1e6:.1f} MB/s written", refresh=False)
+                progress.shard_done(rec)
             by_split[split] = [recs[i] for i in sorted(recs)]
             result.timings[split] = time.perf_counter() - t0
     finally:
         if pool:
             pool.terminate()
             pool.join()
-        bar.close()
+        progress.close()
     return by_split
 
 
@@ -280,7 +279,7 @@ def _locked_build(cfg: BuildConfig, cs, scan, missing: list[str], identity: dict
     workers = min(cfg.num_workers(), max(1, sum(len(ts) for ts in tasks.values())))
     log.info("%s: %d images in %d shards, %d workers -> %s", cs.name, n_images,
              len(planned), workers, out)
-    by_split = _run_tasks(cfg, tasks, records, workers, result, t_start)
+    by_split = _run_tasks(cfg, tasks, records, workers, result)
     result.manifest = _write_manifest(cfg, cs, scan, by_split, missing, prefix)
     result.seconds = time.perf_counter() - t_start
     log.info("done in %.1fs", result.seconds)

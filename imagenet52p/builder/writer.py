@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -97,10 +98,15 @@ class _Sink:
             raise self.error
 
 
-def write_shard(task: ShardTask) -> dict:
+def _no_report(images: int, nbytes: int) -> None:
+    pass
+
+
+def write_shard(task: ShardTask, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``task``'s shard atomically; return its record.  Raises BuildError on a write failure,
-    or on the first bad image with ``on_error="fail"``."""
-    t0 = time.perf_counter()
+    or on the first bad image with ``on_error="fail"``.  ``progress(1, bytes)`` is called after each
+    sample with the bytes it added to the shard (0 for a skipped bad image); it only reads counts."""
+    t0, report = time.perf_counter(), progress or _no_report
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     final = Path(task.out) / task.rel
     tmp = final.with_name(final.name + ".tmp")
@@ -121,16 +127,19 @@ def write_shard(task: ShardTask) -> dict:
                         raise BuildError(f"bad image {src.rel} (under --root): {why}; "
                                          f"rerun with --on-error skip to skip and list such files") from None
                     skipped.append({"source": src.rel, "split": task.split, "reason": why})
+                    report(1, 0)
                     continue
                 source_bytes += len(raw)
                 if reason is not None and reason != "resize":
                     converted.append({"source": src.rel, "split": task.split, "reason": reason})
                 cls = str(label).encode()
                 meta = sample_json(src.wnid, in1k, voc, src.rel, w, h, reason)
+                before = sink.bytes
                 sink.put([tar_header(f"{key}.jpg", len(jpg)), jpg, tar_pad(len(jpg)),
                           tar_header(f"{key}.cls", len(cls)) + cls + tar_pad(len(cls))
                           + tar_header(f"{key}.json", len(meta)) + meta + tar_pad(len(meta))])
                 per_class[src.wnid] = per_class.get(src.wnid, 0) + 1
+                report(1, sink.bytes - before)
                 if throttle:
                     time.sleep(throttle)
             sink.put([tar_end(sink.bytes)])

@@ -300,6 +300,8 @@ class RunOptions:
     ``progress``: tqdm bars.  ``keep_step_checkpoints``: also keep one
     checkpoint per layer step (``checkpoints/step_XX.pt``) besides ``last.pt``.
     ``stop_after``: stop (as if killed) after this many checkpoints; for tests.
+    ``tensorboard``: also write every event as TensorBoard scalars into ``out_dir/tensorboard/`` (rank 0;
+    needs ``out_dir`` and the ``tensorboard`` package; :mod:`pruning.loop.tensorboard`).
     """
 
     device: str | None = None
@@ -310,13 +312,14 @@ class RunOptions:
     progress: bool = True
     keep_step_checkpoints: bool = False
     stop_after: int | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if type(self.device).__name__ == "device" and type(self.device).__module__ == "torch":
             object.__setattr__(self, "device", str(self.device))  # a torch.device, as torch takes it too
         check_types(self, {"device": "a name", "amp": _BOOL, "channels_last": _BOOL, "deterministic": _BOOL,
                            "num_workers": _INT, "progress": _BOOL, "keep_step_checkpoints": _BOOL,
-                           "stop_after": _INT})
+                           "stop_after": _INT, "tensorboard": _BOOL})
         if self.num_workers < 0 or (self.stop_after is not None and self.stop_after < 1):
             raise ValueError(f"num_workers={self.num_workers} must be >= 0 and stop_after={self.stop_after} >= 1 "
                              "or None")

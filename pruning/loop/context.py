@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # annotations only
     from .data import DataStream
     from .models import FullHead
     from .rundir import RunDir
+    from .tensorboard import TensorBoardLog
     from .train import Runtime
 
 
@@ -23,7 +24,8 @@ class RunContext:
     ``train`` / ``train_final`` are the fine-tuning streams of the layer steps and of the final fine-tune
     (the same object unless ``final_data_fraction`` differs), ``score`` the scoring stream (rank 0, batches
     of the global ``batch_size``), ``micro`` the per-rank micro-batch, ``logit_subset`` the logits that
-    evaluation takes the arg-max over (None = all), ``score_head`` a ``FullHead`` for the scoring loss.
+    evaluation takes the arg-max over (None = all), ``score_head`` a ``FullHead`` for the scoring loss,
+    ``tensorboard`` the TensorBoard copy of the events (rank 0 with ``RunOptions.tensorboard``, else None).
     """
 
     config: LoopConfig
@@ -43,3 +45,4 @@ class RunContext:
     micro: int
     logit_subset: list[int] | None = None
     score_head: FullHead | None = None
+    tensorboard: TensorBoardLog | None = None

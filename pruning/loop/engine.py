@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +58,7 @@ from .rundir import RunDir, state_from_checkpoint
 from .stages import Interrupted, Stopped  # noqa: F401  (re-exported)
 from .state import LoopState
 from .summary import PEAK_TOL, finish  # noqa: F401  (PEAK_TOL re-exported)
+from .tensorboard import TensorBoardLog, check_available
 from .train import Runtime
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,17 @@ def _open(model: nn.Module, config: LoopConfig, train_data, val_data, test_data=
                       is_main=rank == 0, runtime=runtime, out=RunDir(out_dir, rank == 0, world), model=model,
                       train=train, train_final=train_final, val=val, test=test, score=score, micro=micro,
                       logit_subset=None if logit_subset is None else [int(c) for c in logit_subset],
-                      score_head=score_head)
+                      score_head=score_head, tensorboard=_tensorboard(opts, out_dir, rank))
+
+
+def _tensorboard(opts: RunOptions, out_dir, rank: int) -> TensorBoardLog | None:
+    """Rank 0's TensorBoard log under ``out_dir/tensorboard`` when asked for (checked now: one-line errors)."""
+    if not opts.tensorboard:
+        return None
+    if out_dir is None:
+        raise ValueError("RunOptions.tensorboard writes into the run directory: give out_dir")
+    check_available()
+    return TensorBoardLog(Path(out_dir) / "tensorboard") if rank == 0 else None
 
 
 def _resume(ctx: RunContext, ck: dict) -> LoopState:
@@ -154,6 +166,8 @@ def _run(ctx: RunContext, resume: bool) -> dict:
     except (IndexError, KeyboardInterrupt) as exc:
         raise _explained(ctx, exc) from None
     finally:
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.close()
         ctx.out.release()
     log.info("run %s done in %.1fs", ctx.run_hash, time.perf_counter() - t0)
     return summary

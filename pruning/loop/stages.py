@@ -63,10 +63,13 @@ def final_label(ctx: RunContext, j: int, n: int) -> str:
 
 # ------------------------------------------------------------------ events and checkpoints
 def emit(ctx: RunContext, state: LoopState, kind: str, timing: dict | None = None, **fields) -> None:
-    """Append event ``kind`` with ``fields`` (and its ``timing``) to ``events.jsonl``; count it."""
+    """Append event ``kind`` with ``fields`` (and its ``timing``) to ``events.jsonl`` (and first to the
+    TensorBoard log, at step = its line index, when there is one); count it."""
     ev = {"event": kind, **fields}
     if timing is not None:
         ev["timing"] = timing
+    if ctx.tensorboard is not None:
+        ctx.tensorboard.write(state.events_written, ev)
     ctx.out.append_event(ev)
     state.events_written += 1
     log.info("%s %s", kind, {k: v for k, v in fields.items() if not isinstance(v, (list, dict))})
