@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmark.cli import main
+from test_shared_results import COMMON  # tinyvgg, random init, a 'full' build: the same tiny cells
 
 from imagenet52p.classes import load_class_set
 from imagenet52p.fake import FakeSpec, make_fake_imagenet
@@ -21,33 +22,7 @@ from imagenet52p.fake import FakeSpec, make_fake_imagenet
 BENCH = [sys.executable, "-m", "benchmark.cli"]
 TIMING = {"speedup", "speedup_std", "latency_ms", "latency_ms_std"}
 
-CONFIG = """
-name = "tiny_submit"
-description = "submit test grid"
-reference = ["paper_table1"]
-
-[data]
-full = "full"
-image_size = 24
-resize = 24
-train_scale_min = 0.7
-latency_batch_size = 2
-num_workers = 0
-
-[model]
-name = "tinyvgg"
-weights = "none"
-
-[base]
-layers = "all"
-p = 0.5
-q = 1.0
-lr = 0.01
-batch_size = 16
-
-[baseline]
-unpruned = false
-
+CONFIG = 'name = "tiny_submit"\ndescription = "submit test grid"\nreference = ["paper_table1"]\n' + COMMON + """
 [[grid]]
 criterion = ["random", "l1"]
 ratio = [0.5]
