@@ -35,7 +35,6 @@ model's classes by wnid.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -47,6 +46,7 @@ import torch
 from .architectures import first_filters, match_reduced, reduce, target_names
 from .data import LabelMap, open_data, open_split
 from .grid import Cell
+from .locks import exclusive
 from .resolve import CellEnv, ResolvedCell, resolve_cell
 from .results import LATENCY_FILE, latency_file
 from .run import apply_head, run_engine
@@ -67,9 +67,7 @@ def _pretrain_weights(rc: ResolvedCell, class_set: str, n_classes: int) -> Path:
              "data": {k: cfg.data_options.get(k) for k in ("image_size", "resize", "train_scale_min")}}
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     out = Path(env.results_dir) / "_pretrain" / f"{cfg.model.get('name')}-{class_set}-{h}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f"{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent tasks wait for the one that trains it
+    with exclusive(out.parent / f"{out.name}.lock"):  # concurrent tasks wait for the one that trains it
         if not (out / "summary.json").is_file():
             seed = int(p.get("seed", 0))
             lc = LoopConfig(criterion=None, ratio=0.0, q=float(p.get("epochs", 10)), lr=float(p.get("lr", 0.05)),

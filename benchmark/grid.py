@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass
 
-from pruning.loop.config import LoopConfig
+from pruning.loop.config import LoopConfig, canonical_hash
 
 from .config import CELL_FIELDS, ExperimentConfig
 
@@ -44,8 +43,9 @@ def _canon(obj) -> str:
 
 
 def identity_hash(identity: dict) -> str:
-    """A cell's hash: the first 16 hex digits of the SHA-256 of its identity's canonical JSON."""
-    return hashlib.sha256(_canon(identity).encode()).hexdigest()[:16]
+    """A cell's hash: the first 16 hex digits of the SHA-256 of its identity's canonical JSON
+    (:func:`pruning.loop.config.canonical_hash`, the library's one identity hash)."""
+    return canonical_hash(identity)
 
 
 @dataclass(frozen=True)

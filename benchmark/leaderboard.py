@@ -121,7 +121,7 @@ def aggregate(rows: list[dict], loops: dict[str, dict]) -> dict:
     scorings: dict[tuple, set] = defaultdict(set)  # (table, criterion) -> its (score_data, score_head) settings
     for r in rows:
         loop = loops.get(r["id"], {})
-        if r["kind"] in ("prune", "plugin") and (r["ratio"] or 0) == 0:
+        if r["kind"] in BASELINE_KINDS.values() and (r["ratio"] or 0) == 0:
             baselines[_table_key(r, loop, True)].append(r)
         else:
             key = _table_key(r, loop, False)

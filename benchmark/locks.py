@@ -15,6 +15,21 @@ from pathlib import Path
 LOCK_SUFFIX = ".lock"
 
 
+@contextlib.contextmanager
+def exclusive(path: str | Path):
+    """Wait for, then hold, an exclusive ``flock`` on the file ``path`` (created with its folder): the one
+    blocking lock of the benchmark (the experiment records, a shared pretrained model, the submitted jobs'
+    record), where a second process waits instead of skipping as it does for a cell."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def lock_path(results_dir: str | Path, cell_id: str) -> Path:
     return Path(results_dir) / f"{cell_id}{LOCK_SUFFIX}"
 

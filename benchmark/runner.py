@@ -31,10 +31,8 @@ is still read as one record (all the folder's cells); the next ``run`` of any co
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import hashlib
 import json
 import logging
@@ -48,7 +46,7 @@ from pathlib import Path
 from .config import ExperimentConfig
 from .execute import execute_cell, prepare_cell
 from .grid import NO_CRITERION, Cell, expand_grid, partition
-from .locks import cell_lock, holder
+from .locks import cell_lock, exclusive, holder
 from .resolve import CellEnv, ResolvedCell, resolve_cell
 from pruning.loop.rundir import code_version, write_json_atomic
 
@@ -114,18 +112,10 @@ def select_experiment(out: str | Path, name: str | None = None) -> dict:
     return next(iter(records.values()), {})
 
 
-@contextlib.contextmanager
 def _records_lock(out: Path):
     """Exclusive ``flock`` on ``out/experiments/.lock``: concurrent array tasks (of one config or several)
     read-check-write the records one at a time."""
-    folder = out / EXPERIMENTS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return exclusive(out / EXPERIMENTS_DIR / ".lock")
 
 
 def _migrate_legacy(out: Path, name: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 import submitit
 
 from .config import ExperimentConfig
+from .locks import exclusive
 from .grid import expand_grid, partition
 from .resolve import CellEnv
 from pruning.loop.rundir import write_json_atomic
@@ -232,7 +232,5 @@ def read_jobs(out: str | Path) -> list[dict]:
 def record_jobs(out: Path, submission: dict) -> None:
     """Append ``submission`` to the jobs record, under an exclusive lock (concurrent submits keep both)."""
     path = jobs_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".jobs.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(path.parent / ".jobs.lock"):
         write_json_atomic(path, {"submissions": read_jobs(out) + [submission]})

@@ -27,7 +27,6 @@ VOC_SIZES = {"2007-trainval": 5011, "2007-train": 2501, "2007-val": 2510, "2007-
              "2012-trainval": 11540, "2012-train": 5717, "2012-val": 5823}
 DEFAULT_DET_TRAIN_IPS = 12.0  # assumed, see the module docstring
 DEFAULT_DET_EVAL_IPS = 30.0
-VGG16_CONVS = 13
 
 
 def _set_size(root: Path, spec: str, used: dict) -> int:
@@ -53,13 +52,12 @@ def _set_size(root: Path, spec: str, used: dict) -> int:
 
 
 def _layers(prune: dict, arch: str) -> int:
+    """Backbone convs a direct cell prunes: its explicit list, else every conv of the architecture's
+    ``features`` (the backbone; :func:`benchmark.estimate.n_layers` with protocol ``all``: 13 for vgg16)."""
+    from ..estimate import n_layers
+
     layers = prune.get("layers", "all")
-    if isinstance(layers, list):
-        return len(layers)
-    if arch == "vgg16":
-        return VGG16_CONVS
-    from pruning.detection.model import backbone_layers, make_detector
-    return len(backbone_layers(make_detector(arch, preset="tiny")))
+    return len(layers) if isinstance(layers, list) else n_layers(arch, "all")
 
 
 def estimate_detection(cfg, train_ips: float | None = None, eval_ips: float | None = None, data_root=None,

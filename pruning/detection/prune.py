@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost import count_params, device_name
-from ..loop.config import check_types
+from ..loop.config import canonical_hash, check_types
 from ..loop.rng import rng_state, set_rng_state
 from ..loop.rundir import RunDir, optimizer_state_cpu, save_checkpoint, state_dict_cpu, write_json_atomic
 from ..loop.stages import Stopped, progress_bar
@@ -50,7 +50,7 @@ from ..select import select_filters
 from ..surgery import apply_plan, current_plan
 from .evaluate import evaluate_detector
 from .io import detector_doc, save_detector
-from .train import (DetTrainConfig, IterationData, LossWindow, _hash, _set_epoch, config_from_dict, lr_at,
+from .train import (DetTrainConfig, IterationData, LossWindow, _set_epoch, config_from_dict, lr_at,
                     make_optimizer, numbers_config, prepare_run_dir, train_step)
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class DetPruneConfig:
         return config_from_dict(cls, d)
 
     def hash(self) -> str:
-        return _hash(self.to_dict())
+        return canonical_hash(self.to_dict())
 
 
 def target_layers(detector: nn.Module, config: DetPruneConfig) -> list[str]:
@@ -259,7 +259,7 @@ def prune_detector(detector: nn.Module, config: DetPruneConfig, train_data, out_
              "test_images": None if test_data is None else len(test_data),
              "detector": {"params": count_params(detector), "plan": current_plan(detector)}}
     meta = dict(meta or {})
-    run_id = _hash({"config": numbers_config(config), "meta": meta, "data": sizes})
+    run_id = canonical_hash({"config": numbers_config(config), "meta": meta, "data": sizes})
     runtime = Runtime.create(device, amp=True, channels_last=False)
     runtime.prepare(detector)
     ctx = _Run(config, rundir, run_id, layers, train_data, score_data if score_data is not None else train_data,

@@ -22,7 +22,6 @@ Definitions
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..cost import device_name
 from ..files import read_torch_file, writing
-from ..loop.config import check_types
+from ..loop.config import canonical_hash, check_types
 from ..loop.rng import rng_state, set_rng_state
 from ..loop.rundir import RunDir, optimizer_state_cpu, save_checkpoint, state_dict_cpu, write_json_atomic
 from ..loop.stages import Stopped, progress_bar
@@ -124,7 +123,7 @@ class DetTrainConfig:
 
     def hash(self) -> str:
         """First 16 hex digits of the SHA-256 of the canonical JSON of :meth:`to_dict`."""
-        return _hash(self.to_dict())
+        return canonical_hash(self.to_dict())
 
 
 def config_from_dict(cls, d: dict):
@@ -144,10 +143,6 @@ CADENCE = ("checkpoint_every", "log_every")
 def numbers_config(config) -> dict:
     """``config.to_dict()`` without the :data:`CADENCE` options: what a run's identity is made of."""
     return {k: v for k, v in config.to_dict().items() if k not in CADENCE}
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def lr_at(i: int, config) -> float:
@@ -314,7 +309,7 @@ def train_detector(detector: nn.Module, train_data, config: DetTrainConfig, out_
         return done
     meta = dict(meta or {})
     sizes = {"train_images": len(train_data), "val_images": None if val_data is None else len(val_data)}
-    run_id = _hash({"config": numbers_config(config), "meta": meta, "data": sizes})  # the run's identity
+    run_id = canonical_hash({"config": numbers_config(config), "meta": meta, "data": sizes})  # the run's identity
     runtime = Runtime.create(device, amp=True, channels_last=False)
     try:
         ck = prepare_run_dir(rundir, run_id, config, meta, resume)

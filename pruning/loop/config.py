@@ -325,9 +325,13 @@ class RunOptions:
                              "or None")
 
 
+def canonical_hash(obj) -> str:
+    """SHA-256 (16 hex digits) of the canonical JSON of ``obj`` (sorted keys, no whitespace): the library's one
+    identity hash (runs of the engine, detector training and pruning runs)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def run_hash(config: LoopConfig, meta: dict | None = None) -> str:
-    """Identity of a run: SHA-256 (16 hex digits) of the canonical JSON of the loop
-    config plus the caller's ``meta`` (model name, data, class set...: anything
-    JSON-serialisable that defines the experiment but is not a loop option)."""
-    blob = json.dumps({"loop": config.identity(), "meta": meta or {}}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Identity of a run: :func:`canonical_hash` of the loop config plus the caller's ``meta`` (model name,
+    data, class set...: anything JSON-serialisable that defines the experiment but is not a loop option)."""
+    return canonical_hash({"loop": config.identity(), "meta": meta or {}})

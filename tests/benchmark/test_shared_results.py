@@ -57,18 +57,23 @@ def _ids(text: str, source: str) -> list[str]:
     return sorted(c.id for c in expand_grid(parse_config(tomllib.loads(text), source)))
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """Build a 4-class set, run config A then config B into the same folder."""
+def build_full(root: Path) -> None:
+    """``root/data/full``: a 4-class build of a synthetic tree (the cells of :data:`COMMON` read it)."""
     from imagenet52p.builder import BuildConfig, build_dataset
 
-    root = tmp_path_factory.mktemp("shared")
     wnids = sorted(load_class_set("imagenet52p").wnids[:4])
     make_fake_imagenet(root / "tree", wnids, FakeSpec(train_per_class=8, val_per_class=4, width=32, height=24))
     lst = root / "full.txt"
     lst.write_text("\n".join(wnids) + "\n")
     build_dataset(BuildConfig(root=root / "tree", out=root / "data" / "full", classes=str(lst), val_per_class=2,
                               seed=0, shard_size=40, eval_shard_size=20, workers=1, progress=False))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """Build a 4-class set, run config A then config B into the same folder."""
+    root = tmp_path_factory.mktemp("shared")
+    build_full(root)
     (root / "a.toml").write_text(CONFIG_A)
     (root / "b.toml").write_text(CONFIG_B)
     results = root / "results"

@@ -14,10 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from benchmark.cli import main
-from test_shared_results import COMMON  # tinyvgg, random init, a 'full' build: the same tiny cells
+from test_shared_results import COMMON, build_full  # tinyvgg, random init, a 'full' build: the same tiny cells
 
-from imagenet52p.classes import load_class_set
-from imagenet52p.fake import FakeSpec, make_fake_imagenet
 
 BENCH = [sys.executable, "-m", "benchmark.cli"]
 TIMING = {"speedup", "speedup_std", "latency_ms", "latency_ms_std"}
@@ -37,15 +35,8 @@ def bench(*args, **kw):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from imagenet52p.builder import BuildConfig, build_dataset
-
     root = tmp_path_factory.mktemp("submit")
-    wnids = sorted(load_class_set("imagenet52p").wnids[:4])
-    make_fake_imagenet(root / "tree", wnids, FakeSpec(train_per_class=8, val_per_class=4, width=32, height=24))
-    lst = root / "full.txt"
-    lst.write_text("\n".join(wnids) + "\n")
-    build_dataset(BuildConfig(root=root / "tree", out=root / "data" / "full", classes=str(lst), val_per_class=2,
-                              seed=0, shard_size=40, eval_shard_size=20, workers=1, progress=False))
+    build_full(root)
     (root / "tiny.toml").write_text(CONFIG)
     return root
 
