@@ -1,7 +1,7 @@
 """``imagenet52p-bench``: run experiment grids, show their cells, print leaderboards.
 
     imagenet52p-bench run CONFIG [--out RESULTS] [--device cuda] [--task-index i --num-tasks n] [--resume]
-                      [--nproc-per-node N] [--data NAME=PATH] [--data-root DIR] [--weights FILE] [--workers N]
+                      [--nproc-per-node N] [--data NAME=PATH] [--data-root DIR] [--weights NAME|FILE] [--workers N]
     imagenet52p-bench estimate CONFIG [--train-ips N --eval-ips N]
     imagenet52p-bench list CONFIG [--out RESULTS] [--num-tasks n] [--json] [--data NAME=PATH] [--data-root DIR]
     imagenet52p-bench leaderboard RESULTS [--config NAME] [--format md|csv|overall-csv|html|json] [--output FILE]
@@ -117,7 +117,8 @@ def _results_dir(cfg, out):
 @click.option("--resume", is_flag=True, help="Continue interrupted cells from their last checkpoint.")
 @click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
-@click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--weights", default=None, help="Override [model].weights (a weight name such as IMAGENET1K_V1 "
+              "or DEFAULT, a state_dict file, 'pretrain' or 'none').")
 @click.option("--upstream", "upstream", multiple=True,
               help="NAME=RESULTS: detection configs: the results folder of [upstream.NAME] (its backbones).")
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
@@ -190,7 +191,8 @@ def estimate_cmd(config, train_ips, eval_ips, data, data_root) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an invalid cell's reasons in 'problems').")
 @click.option("--data", "data", multiple=True, help="NAME=PATH: the build for class set NAME (overrides [data]).")
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
-@click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--weights", default=None, help="Override [model].weights (a weight name such as IMAGENET1K_V1 "
+              "or DEFAULT, a state_dict file, 'pretrain' or 'none').")
 @click.option("--upstream", "upstream", multiple=True,
               help="NAME=RESULTS: detection configs: the results folder of [upstream.NAME] (its backbones).")
 @_verbose
@@ -326,7 +328,8 @@ def clean_cmd(config, out, stale, dry_run) -> None:
 @click.option("--data-root", default=None, help="Base of relative [data] paths (default: $IMAGENET52P_DATA or .).")
 @click.option("--upstream", "upstream", multiple=True,
               help="NAME=RESULTS: detection configs: the results folder of [upstream.NAME] (its backbones).")
-@click.option("--weights", default=None, help="Override [model].weights (a state_dict file, 'pretrain' or 'none').")
+@click.option("--weights", default=None, help="Override [model].weights (a weight name such as IMAGENET1K_V1 "
+              "or DEFAULT, a state_dict file, 'pretrain' or 'none').")
 @click.option("--threads", type=int, default=None, help="torch CPU threads per task (torch.set_num_threads).")
 @_workers
 @_verbose
@@ -348,7 +351,7 @@ def submit_cmd(config, out, tasks, executor, gpus_per_task, cpus_per_task, time_
                   data={k: str(Path(v).resolve()) for k, v in _parse_data(data).items()}, device=device,
                   upstream={k: str(Path(v).resolve()) for k, v in _parse_data(upstream, "--upstream").items()},
                   progress=False, num_workers=workers if workers is not None else num_workers_old,
-                  weights=str(Path(weights).resolve()) if weights not in (None, "pretrain", "none") else weights)
+                  weights=str(Path(weights).resolve()) if weights and Path(weights).exists() else weights)
     opts = SubmitOptions(executor=executor, tasks=tasks, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
                          time_min=time_min, partition=partition, mem_gb=mem_gb, array_parallelism=parallelism,
                          logs=logs, only_tasks=tuple(only_tasks), threads=threads)

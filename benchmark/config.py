@@ -17,8 +17,9 @@ the file name and the list of valid keys)::
 
     [model]                            # the network every cell starts from
     name = "vgg16"                     # tinyvgg or any torchvision classification model
-    weights = "vgg16.pth"              # state_dict file (relative to --data-root), or
-                                       # "pretrain" (the runner trains it on `full`), or "none"
+    weights = "IMAGENET1K_V1"          # a weight name (torchvision enum entry, timm tag, "DEFAULT"), a
+                                       # state_dict file (relative to --data-root), "pretrain" (the
+                                       # runner trains it on `full`), or "none"
     [pretrain]                         # how the runner trains a starting model when needed
     epochs = 10
     lr = 0.05
@@ -143,13 +144,19 @@ class ExperimentConfig(ConfigHead):
                              f"{', '.join(self.data) or '(none)'}; add it there or pass --data {class_set}=PATH")
         return _resolve(raw, data_root)
 
-    def weights_path(self, data_root=None, override: str | None = None) -> str | None:
-        """``None`` (random init), ``"pretrain"`` or an absolute path of a state_dict file."""
+    def weights_path(self, data_root=None, override: str | None = None, model: str | None = None) -> str | None:
+        """``None`` (random init), ``"pretrain"``, a weight name of ``model`` (default ``[model].name``; a
+        torchvision enum entry such as ``IMAGENET1K_V1``, a timm tag, ``DEFAULT``: kept as written,
+        :func:`pruning.weights.is_weight_name`) or an absolute path of a state_dict file."""
+        from pruning.weights import is_weight_name
+
         raw = override if override is not None else self.model.get("weights", "none")
         if raw in (None, "none", ""):
             return None
         if raw == "pretrain":
             return "pretrain"
+        if is_weight_name(model or self.model.get("name", "tinyvgg"), str(raw)):
+            return str(raw)
         return str(_resolve(str(raw), data_root))
 
 

@@ -19,7 +19,8 @@ Scoring (``prune`` with ratio > 0 and a data criterion): the cell's ``score_data
 (:func:`benchmark.grid.resolve_scoring`) choose the build whose train split is scored and the
 classifier of the scoring loss (:func:`_scoring`).
 
-Starting model (``prune``): ``init="pretrained"``: ``[model].weights`` (a state_dict file), or
+Starting model (``prune``): ``init="pretrained"``: ``[model].weights`` (a weight name or a state_dict file:
+:mod:`pruning.weights`), or
 with ``weights="pretrain"`` a model the runner trains from random init on the ``full`` build
 (``[pretrain]`` options), shared by every cell in ``RESULTS/_pretrain/<hash>/`` under a file
 lock; ``init="scratch"``: likewise but trained on the cell's own class set only.
@@ -114,7 +115,7 @@ def _start_model(rc: ResolvedCell) -> StartModel:
     if rc.weights == "pretrain":
         model = load_pruned(base, _pretrain_weights(rc, "full", n_full))
     else:
-        model = make_model(name, n_full, weights=rc.weights, seed=cell.seed)
+        model = make_model(name, n_full, weights=rc.weights_source, seed=cell.seed)
     if cell.class_set == "full":
         return StartModel(base, model)
     if rc.full_classes is not None:

@@ -66,7 +66,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 #: The provenance columns of a detail table: ``(entry key, header)``.
 PROV_COLUMNS = (("hash", "Cell hash"), ("config_hash", "Run config hash"), ("code_version", "Code"),
-                ("class_sha256", "Class sha256"), ("device", "Device"), ("score_data", "Scoring data"),
+                ("class_sha256", "Class sha256"), ("weights", "Weights"), ("device", "Device"), ("score_data", "Scoring data"),
                 ("score_head", "Scoring loss"))
 DET_PROV_COLUMNS = (("hash", "Cell hash"), ("upstream_cell", "Upstream cell"), ("code_version", "Code"),
                     ("device", "Device"))

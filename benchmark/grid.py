@@ -5,7 +5,8 @@ A :class:`Cell` is one Algorithm 1 run: the cell fields (``kind``, ``model``,
 :class:`pruning.loop.config.LoopConfig`.  Its :attr:`Cell.hash` is the first 16
 hex digits of the SHA-256 of the canonical JSON (sorted keys, no whitespace) of
 :meth:`Cell.identity`: the cell fields, the LoopConfig, the model spec (name,
-weights *as written in the config*, number of classes), the pretraining options
+weights *as written in the config*, a weight name in its canonical spelling such as
+``VGG16_Weights.IMAGENET1K_V1``, number of classes), the pretraining options
 when the runner trains the starting model, and the data options that change
 numbers (image size, resize).  Machine-specific things (build paths, device,
 workers) are not part of it, so the same config gives the same ids everywhere.
@@ -105,7 +106,8 @@ class Cell:
         """Readable and unique: ``<model>-<class_set>-<kind>-<criterion>-r<ratio>-s<seed>-<hash8>``."""
         crit = "unpruned" if self.is_baseline else self.criterion or NO_CRITERION
         pct = f"{self.ratio * 100:g}"
-        return f"{self.model}-{self.class_set}-{self.kind}-{crit}-r{pct}-s{self.seed}-{self.hash[:8]}"
+        model = self.model.replace("/", "-").replace(":", "-")  # timm/<name>: one folder name
+        return f"{model}-{self.class_set}-{self.kind}-{crit}-r{pct}-s{self.seed}-{self.hash[:8]}"
 
     def to_dict(self) -> dict:
         d = self.identity()
@@ -118,8 +120,12 @@ def _hashable(v):
 
 
 def _context(cfg: ExperimentConfig, model: str, init: str, weights_used: bool) -> str:
-    ctx = {"model": {"name": model, "num_classes": cfg.model.get("num_classes"),
-                     "weights": cfg.model.get("weights", "none") if weights_used else "none"},
+    from pruning.weights import canonical_name
+
+    # a weight name in its canonical spelling (IMAGENET1K_V1 and DEFAULT of vgg16: VGG16_Weights.IMAGENET1K_V1),
+    # so synonyms are one cell; a file path as written (its contents are checked on reuse: runner.check_weights)
+    weights = canonical_name(model, cfg.model.get("weights", "none")) if weights_used else "none"
+    ctx = {"model": {"name": model, "num_classes": cfg.model.get("num_classes"), "weights": weights},
            "data": {k: cfg.data_options.get(k) for k in ("image_size", "resize", "train_scale_min")}}
     if weights_used and (init == "scratch" or cfg.model.get("weights") == "pretrain"):
         ctx["pretrain"] = dict(sorted(cfg.pretrain.items()))

@@ -66,9 +66,10 @@ PRIMARY = {"plugin": "map07", "direct": "map07"}
 DET_PROVENANCE = ("upstream_cell",)
 #: Cell kinds whose ratio-0 cells are a table's unpruned baseline.
 BASELINE_KINDS = {"prune": "prune", "scratch": "prune", "reduced": "prune", "plugin": "plugin"}
-#: Per-entry provenance: the sorted set over its runs.  ``score_data`` / ``score_head``: what a data criterion
+#: Per-entry provenance: the sorted set over its runs.  ``weights``: the starting weights
+#: (:func:`pruning.weights.weights_label`: ``VGG16_Weights.IMAGENET1K_V1``, ``file sha256:…``).  ``score_data`` / ``score_head``: what a data criterion
 #: scored on and the classifier of its loss (``benchmark.config.SCORE_DATA`` / ``SCORE_HEADS``).
-PROVENANCE = ("hash", "config_hash", "code_version", "class_sha256", "device", "score_data", "score_head")
+PROVENANCE = ("hash", "config_hash", "code_version", "class_sha256", "weights", "device", "score_data", "score_head")
 _TABLE_EXCLUDE = ("criterion", "ratio", "seed", "id", "hash")
 
 

@@ -56,9 +56,12 @@ def _labels(value: str | None):
 
 
 @click.command("prune")
-@click.option("--model", required=True, help="torchvision model name (vgg16, resnet50, ...) or tinyvgg")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="state_dict file of the unpruned model (default: random init, seeded)")
+@click.option("--model", required=True,
+              help="torchvision model name (vgg16, resnet50, ...), timm/<name> (timm/resnet50.a1_in1k) or tinyvgg")
+@click.option("--weights", default=None,
+              help="starting weights: a torchvision weight name (IMAGENET1K_V1, DEFAULT), a timm tag or DEFAULT "
+                   "(from torchvision's / the Hugging Face cache), or a state_dict file (default: random init, "
+                   "seeded)")
 @click.option("--num-classes", type=int, default=None, help="outputs of the model as built (default: from the data)")
 @click.option("--criterion", required=True, help="pruning criterion (see `pruning.list_criteria()`)")
 @click.option("--criterion-options", default=None, help='JSON object of criterion options, e.g. \'{"bins": 20}\'')

@@ -87,8 +87,23 @@ class ResolvedCell:
 
     @functools.cached_property
     def weights(self) -> str | None:
-        """``None`` (random init), ``"pretrain"`` or the absolute path of the starting state_dict."""
-        return self.cfg.weights_path(self.env.data_root, self.env.weights)
+        """``None`` (random init), ``"pretrain"``, a weight name (``IMAGENET1K_V1``, a timm tag, ``DEFAULT``)
+        or the absolute path of the starting state_dict."""
+        return self.cfg.weights_path(self.env.data_root, self.env.weights, self.cell.model)
+
+    @functools.cached_property
+    def weights_source(self):
+        """The cell's starting weights (:class:`pruning.weights.WeightsSource`; named weights are found in,
+        or downloaded into, their cache here): random for scratch/reduced cells, ``pretrain`` for a starting
+        model the runner trains."""
+        from pruning.weights import WeightsSource, resolve_weights
+
+        w = self.weights
+        if self.cell.kind != "prune" or self.cell.init == "scratch" or w is None:
+            return WeightsSource("random")
+        if w == "pretrain":
+            return WeightsSource("pretrain", "trained by the runner ([pretrain])")
+        return resolve_weights(self.cell.model, w)
 
     @property
     def n_full(self) -> int:

@@ -6,7 +6,8 @@ A results folder holds one run directory per cell, ``RESULTS/<cell id>/``, conta
 
 ``cell.json``   the cell identity (:meth:`benchmark.grid.Cell.to_dict`) and provenance:
                 ``code_version``, ``class_sha256`` and ``class_set_name`` of the build used,
-                ``device`` asked for; written before the run starts.
+                ``device`` asked for, ``weights`` (the starting weights' kind, canonical name, file and
+                sha256: :meth:`pruning.weights.WeightsSource.identity`); written before the run starts.
 ``latency.json`` measured inference latency of the unpruned and the final model
                 (``pruning.measure_latency``) and ``speedup`` = unpruned / pruned latency
                 (``bench.json`` in results folders written before issue 12's renaming: read as well).
@@ -42,6 +43,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
+from pruning.weights import weights_label
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,7 @@ def read_run(run_dir: str | Path) -> dict:
         "criterion": loop.get("criterion"), "ratio": loop.get("ratio"), "seed": loop.get("seed"),
         "code_version": cell.get("code_version"), "class_sha256": cell.get("class_sha256"),
         "class_set_name": cell.get("class_set_name"), "device": cell.get("device"), "error": None,
+        "weights": weights_label(cell.get("weights")) if "weights" in cell else None,
         "loop": loop,  # the cell's loop options as in its identity (defaults left out)
     }
     if state == "failed":

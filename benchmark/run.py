@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 class RunSpec:
     """Model and data of a run.
 
-    ``model``: a name for :func:`pruning.loop.make_model`; ``weights``: a state_dict file for it (None =
-    random init seeded by ``init_seed``); ``num_classes``: outputs of the model as built (None = the
+    ``model``: a name for :func:`pruning.loop.make_model` (``timm/<name>`` for timm); ``weights``: a weight
+    name (``IMAGENET1K_V1``, ``DEFAULT``, a timm tag) or a state_dict file for it (None = random init seeded
+    by ``init_seed``; :mod:`pruning.weights`); ``num_classes``: outputs of the model as built (None = the
     data's label space: 1000 for ``imagenet1k``/``restrict``/``subset-logits``, else the build's number of
     classes); ``data``: build directory or folders tree; ``head``, ``label_space``, ``classes``: see
     :mod:`benchmark.data`; ``image_size``/``resize``: transform sizes.
@@ -114,6 +115,7 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     """``imagenet52p prune``: the three steps for ``spec`` into ``out_dir``; returns the summary."""
     from imagenet52p.format import file_sha256
     from pruning.loop import make_model
+    from pruning.weights import resolve_weights
 
     out = Path(out_dir)
     if resume and (out / "summary.json").is_file():
@@ -131,13 +133,15 @@ def run_spec(spec: RunSpec, config: LoopConfig, out_dir, options: RunOptions | N
     restricting = data.head is not None and data.head.restrict_rows is not None
     num_classes = spec.num_classes or (1000 if restricting else data.num_labels)
     _check_num_classes(num_classes, data, spec)
-    model, _ = apply_head(make_model(spec.model, num_classes, weights=spec.weights, seed=spec.init_seed), data)
+    source = resolve_weights(spec.model, spec.weights)  # named weights: found in (or fetched into) their cache
+    model, _ = apply_head(make_model(spec.model, num_classes, weights=source, seed=spec.init_seed), data)
     # the data path is not part of the run's identity (a moved build resumes); its manifest is
     spec_meta = {k: v for k, v in spec.to_dict().items() if k != "data"}
     describe = {k: v for k, v in data.describe.items() if k != "path"}
     manifest = Path(spec.data) / "manifest.json"
     describe["manifest_sha256"] = file_sha256(str(manifest)) if manifest.is_file() else None
     log.info("data: %s (%s)", spec.data, data.describe["format"])
-    meta = {"spec": spec_meta, "data": describe, "num_classes": num_classes,
-            "weights_sha256": None if spec.weights is None else file_sha256(spec.weights)}
+    meta = {"spec": spec_meta, "data": describe, "num_classes": num_classes, "weights_sha256": source.sha256}
+    if source.name:  # a weight name's canonical form (VGG16_Weights.IMAGENET1K_V1, timm/resnet50.a1_in1k)
+        meta["weights_name"] = source.name
     return run_engine(model, config, data, out, options, resume=resume, meta=meta)

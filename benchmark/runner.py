@@ -193,6 +193,7 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
     if cfg.task == "detection":
         return  # no class builds: a detection cell's identity holds its upstream cell's hash
     builds: dict[str, tuple] = {}  # class set -> (a resolved cell of it, what its builds hold now): read once
+    weights: dict = {}  # (model, kind, init) -> the starting weights' identity now: each file hashed once
     for cell in cells:
         path = out / cell.id / CELL_FILE
         if cell_state(out / cell.id) not in ("done", "partial") or not path.is_file():
@@ -205,6 +206,7 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
             rc = resolve_cell(cfg, cell, env)
             builds[cell.class_set] = (rc, _build_classes(rc))
         rc, now = builds[cell.class_set]
+        _check_weights_unchanged(out / cell.id, old, cell, lambda c=cell: resolve_cell(cfg, c, env), weights)
         for key in ("class_sha256", "full_class_sha256"):
             if old.get(key) and now[key] and old[key] != now[key]:
                 which, build = (cell.class_set, rc.build) if key == "class_sha256" else ("full", rc.full_build)
@@ -213,12 +215,42 @@ def check_builds_unchanged(cfg: ExperimentConfig, cells: list[Cell], env: CellEn
                                  "another --out for these builds")
 
 
+def _weights_identity(rc: ResolvedCell) -> dict | None:
+    """:meth:`pruning.weights.WeightsSource.identity` of the cell's starting weights (kind, canonical name,
+    file, sha256); None for random init or where they cannot be found (the run itself then fails with the
+    full message)."""
+    try:
+        return rc.weights_source.identity()
+    except (OSError, ValueError):
+        return None
+
+
+def _check_weights_unchanged(run_dir: Path, old: dict, cell: Cell, resolve, cache: dict) -> None:
+    """A cell's id names its weights as the config writes them (a file path, a weight name), not their bytes:
+    refuse to reuse a cell whose recorded starting weights (sha256) differ from those it would start from now
+    (a replaced file, another --weights, a re-downloaded cache file)."""
+    before = old.get("weights")
+    if not isinstance(before, dict) or not before.get("sha256"):
+        return
+    key = (cell.model, cell.kind, cell.init)
+    if key not in cache:
+        rc = resolve()
+        cache[key] = (_weights_identity(rc), rc)
+    now, rc = cache[key]
+    if now and now.get("sha256") and now["sha256"] != before["sha256"]:
+        from pruning.weights import weights_label
+        raise ValueError(f"{run_dir} was computed from other starting weights ({weights_label(before)}, sha256 "
+                         f"{before['sha256'][:12]}) than the cell would start from now ({weights_label(now)}, "
+                         f"{rc.weights_source.path}, sha256 {now['sha256'][:12]}); use another --out for these "
+                         "weights, or restore the file the folder was computed from")
+
+
 def _provenance(rc: ResolvedCell, version: str) -> dict:
     if rc.cfg.task == "detection":
         return rc.provenance(version)
     doc = rc.cell.to_dict()
     doc.update({"code_version": version, "device": rc.env.device or "auto", "experiment": rc.cfg.name,
-                **_build_classes(rc)})
+                **_build_classes(rc), "weights": _weights_identity(rc)})
     return doc
 
 

@@ -68,7 +68,7 @@ def _build_problem(rc: ResolvedCell, class_set: str) -> str | None:
     return None
 
 
-def _weights_problem(rc: ResolvedCell) -> str | None:
+def _weights_problem(rc: ResolvedCell, cache: dict | None = None) -> str | None:
     if rc.cell.kind != "prune" or rc.cell.init == "scratch":
         return None  # scratch/reduced cells and runner-trained starting models read no weights file
     try:
@@ -77,6 +77,18 @@ def _weights_problem(rc: ResolvedCell) -> str | None:
         return str(e)
     if w in (None, "pretrain"):
         return None
+    if not Path(w).is_absolute():  # a weight name: found in (or fetched into) its cache now, not hours later
+        key = ("weights", rc.cell.model, w)  # once per grid, not once per cell
+        if cache is None or key not in cache:
+            try:
+                rc.weights_source
+                found = None
+            except (OSError, ValueError) as e:
+                found = str(e)
+            if cache is None:
+                return found
+            cache[key] = found
+        return cache[key]
     if not Path(w).is_file():
         return f"weights file {w} not found ([model].weights or --weights)"
     if not os.access(w, os.R_OK):
@@ -86,13 +98,14 @@ def _weights_problem(rc: ResolvedCell) -> str | None:
 
 def cell_problems(cfg: ExperimentConfig, cell: Cell, env: CellEnv, cache: dict) -> list[str]:
     """Every problem of ``cell`` that can be found without running it (empty when none)."""
-    from pruning.loop import list_models
+    from pruning.loop.models import model_known
 
-    if cell.model not in list_models():
-        return [f"unknown model {cell.model!r}; available: {', '.join(list_models())}"]
+    unknown = model_known(cell.model)
+    if unknown:
+        return [unknown.replace("no model", "unknown model", 1)]
     rc = resolve_cell(cfg, cell, env)
     sets = [cell.class_set] + (["full"] if "full" in cfg.data and cell.class_set != "full" else [])
-    found = [_layer_problem(cell, cache), *(_build_problem(rc, s) for s in sets), _weights_problem(rc)]
+    found = [_layer_problem(cell, cache), *(_build_problem(rc, s) for s in sets), _weights_problem(rc, cache)]
     return [p for p in found if p]
 
 

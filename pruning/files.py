@@ -68,12 +68,31 @@ def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict:
     """The ``state_dict`` saved in ``path`` (``{"state_dict": sd}`` unwrapped); a ``ValueError`` naming the
     file when it is not one (:func:`read_torch_file`), or when it holds something else (a list, a tensor)."""
     remedy = f"it must be a state_dict: {HOW_TO_SAVE}"
+    if str(path).endswith(".safetensors"):
+        return _read_safetensors(Path(path), remedy)
     state = read_torch_file(path, "weights file", remedy, map_location)
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state_dict; {remedy}")
     return state
+
+
+def _read_safetensors(path: Path, remedy: str) -> dict:
+    """A ``.safetensors`` file's tensors (timm's and Hugging Face's format); a ValueError naming it otherwise."""
+    if path.is_dir():
+        raise ValueError(f"weights file {path} is a directory, not a file; {remedy}")
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ValueError(f"weights file {path} is a .safetensors file: pip install safetensors") from None
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError / ValueError for a damaged file
+        raise ValueError(f"weights file {path} cannot be read as safetensors ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); {remedy}") from None
 
 
 def load_weights(model: torch.nn.Module, state: Mapping, path, strict: bool = True) -> None:

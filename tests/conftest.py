@@ -1,6 +1,7 @@
 """Shared fixtures: RNG state restored around every test; paths of the installed CLIs."""
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 BIN = Path(sys.executable).parent
+
+# Tests never download: named weights come only from caches the tests lay out (pruning.weights); the
+# subprocesses the tests start inherit this.
+os.environ.setdefault("IMAGENET52P_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The data floor's helpers (tests/data: build_helpers, dataset_helpers, fake_layouts) are imported by
 # their plain names, from tests/data and from other floors' tests alike; tests/data is put on sys.path

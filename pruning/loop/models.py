@@ -1,11 +1,12 @@
 """Models for the engine: the model factory (``make_model``, ``register_model``), class-subset classifiers
 (``restrict_classifier``) and the starting model's full head for scoring (``FullHead``).
 
-``make_model(name, num_classes)`` returns a torchvision model by name (random
-initialisation, or a ``state_dict`` file for pretrained weights: this package
-downloads nothing), or ``tinyvgg``: a small VGG-shaped CNN (``features`` of
-conv-BN-ReLU blocks with max-pools, then ``classifier``) that trains in seconds
-on CPU and is pruned exactly like VGG-16 (its convs are named ``features.<i>``).
+``make_model(name, num_classes, weights=...)`` returns a torchvision model by name, a timm
+model (``timm/<name>`` or ``timm:<name>``), or ``tinyvgg``: a small VGG-shaped CNN (``features`` of
+conv-BN-ReLU blocks with max-pools, then ``classifier``) that trains in seconds on CPU and is pruned
+exactly like VGG-16 (its convs are named ``features.<i>``).  Weights are random (seeded), a
+``state_dict`` file, a torchvision weight name (``IMAGENET1K_V1``, ``DEFAULT``) or a timm pretrained
+tag, read from torchvision's or the Hugging Face cache (:mod:`pruning.weights`).
 
 ``restrict_classifier(model, indices)`` turns a classifier over N classes into
 one over ``len(indices)`` classes by keeping only those rows of the final
@@ -72,38 +73,104 @@ def _tinyvgg(num_classes: int) -> nn.Module:
 
 
 def list_models() -> list[str]:
-    """Our own registered names plus every torchvision classification model name."""
+    """Our own registered names plus every torchvision classification model name (timm models are named
+    ``timm/<name>``: see :func:`model_known`)."""
     import torchvision  # on first use: it imports PIL, which `import pruning` must not
 
     return sorted(set(_FACTORIES) | set(torchvision.models.list_models(module=torchvision.models)))
 
 
-def make_model(name: str, num_classes: int = 1000, weights: str | Path | None = None, seed: int | None = None) -> nn.Module:
+def model_known(name: str) -> str | None:
+    """None when :func:`make_model` can build ``name``; else the reason, with the names it knows."""
+    from ..weights import check_timm_model, timm_arch
+
+    if timm_arch(name) is not None:
+        try:
+            check_timm_model(name)
+        except ValueError as e:
+            return str(e)
+        return None
+    if name in list_models():
+        return None
+    return f"no model {name!r}; available: {', '.join(list_models())}, or a timm model as timm/<name>"
+
+
+def _load_file(model: nn.Module, name: str, path: Path) -> None:
+    state = read_state_dict(path)  # a ValueError naming the file for anything but a state_dict
+    load_weights(model, state, path)
+    log.info("loaded weights for %s from %s", name, path)
+
+
+def _check_named_classes(name: str, source, num_classes: int) -> None:
+    if source.num_classes is not None and num_classes != source.num_classes:
+        raise ValueError(f"weights {source.name} of {name} have a {source.num_classes}-class classifier, so the "
+                         f"model is built with num_classes={source.num_classes}, not {num_classes}; keep "
+                         f"{source.num_classes} and restrict it to a class subset afterwards (restrict_classifier, "
+                         "head = \"restrict\")")
+
+
+def make_model(name: str, num_classes: int = 1000, weights=None, seed: int | None = None) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs.
 
-    ``weights``: a ``state_dict`` file (``torch.load(weights_only=True)``) for
-    the model *as built* (so a 1000-class checkpoint needs ``num_classes=1000``;
-    restrict it afterwards with :func:`restrict_classifier`).  ``seed``: seeds
-    the random initialisation (same seed -> identical weights).
+    ``weights`` (:func:`pruning.weights.resolve_weights`): None (random init, seeded by ``seed``: same
+    seed -> identical weights), a ``state_dict`` file for the model *as built* (a 1000-class checkpoint
+    needs ``num_classes=1000``; restrict it afterwards with :func:`restrict_classifier`), a torchvision
+    weight name (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a timm pretrained tag / ``"DEFAULT"``, read from
+    torchvision's or the Hugging Face cache (downloaded there when missing and allowed), or a
+    :class:`~pruning.weights.WeightsSource` already resolved.  Named weights fix ``num_classes`` to their
+    classifier's (1000 for ImageNet-1k weights).
     """
+    from ..weights import check_timm_model, resolve_weights, timm_arch
+
+    if timm_arch(name) is not None:
+        check_timm_model(name)  # a clear error for an unknown name (or timm not installed), before anything else
+    source = resolve_weights(name, weights)
     if seed is not None:
         torch.manual_seed(seed)
+    arch = timm_arch(name)
     if name in _FACTORIES:
+        if source.kind not in ("random", "file"):
+            raise ValueError(f"model {name!r} has no named weights; give a state_dict file")
         model = _FACTORIES[name](num_classes)
+    elif arch is not None:
+        model = _timm_model(name, arch, num_classes, source)
     else:
+        problem = model_known(name)
+        if problem:
+            raise ValueError(problem)
         import torchvision
 
-        available = torchvision.models.list_models(module=torchvision.models)
-        if name not in available:
-            raise ValueError(f"no model {name!r}; available: {', '.join(list_models())}")
+        if source.kind == "torchvision":
+            _check_named_classes(name, source, num_classes)
+            try:
+                model = torchvision.models.get_model(name, weights=source.name)
+            except Exception as exc:  # noqa: BLE001 - torch.load's own words for a damaged cache file
+                raise ValueError(f"torchvision cannot load {source.name} from {source.path}: {type(exc).__name__}: "
+                                 f"{str(exc)[:300]}; the file is damaged or not torchvision's: delete it and run "
+                                 "again (it is downloaded again), or place torchvision's file there") from None
+            log.info("loaded torchvision weights %s from %s", source.name, source.path)
+            return model
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} not found; give a state_dict saved with torch.save")
-        state = read_state_dict(path)  # a ValueError naming the file for anything but a state_dict
-        load_weights(model, state, path)
-        log.info("loaded weights for %s from %s", name, path)
+    if source.kind == "file":
+        _load_file(model, name, source.path)
+    return model
+
+
+def _timm_model(name: str, arch: str, num_classes: int, source) -> nn.Module:
+    import timm
+
+    if source.kind != "timm":
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    _check_named_classes(name, source, num_classes)
+    full = source.name[len("timm/"):]
+    try:
+        model = timm.create_model(full, pretrained=True, num_classes=num_classes,
+                                  pretrained_cfg_overlay={"file": str(source.path)})
+    except Exception as exc:  # noqa: BLE001 - timm's loader's own words for a damaged or foreign file
+        raise ValueError(f"timm cannot load {source.name} from {source.path}: {type(exc).__name__}: "
+                         f"{str(exc)[:300]}; the file is damaged or not this model's: delete its snapshot folder "
+                         "and run again, or give a weights file") from None
+    log.info("loaded timm weights %s from %s", source.name, source.path)
     return model
 
 
