@@ -14,6 +14,7 @@ Public API (see docs/pruning.md):
 - :func:`score_filters` / :func:`score_filters_multi` -- one score per output filter (higher = keep)
 - :func:`select_filters` -- scores -> plan ``{conv name: kept filter indices}``
 - :func:`apply_plan` -- physical removal, in place (coupled channels via Torch-Pruning)
+- :func:`channel_groups` -- per layer, the blocks a removal must hit evenly (grouped convs: ResNeXt, RegNet)
 - :func:`save_pruned` / :func:`load_pruned` -- JSON plan + state_dict
 - :func:`count_cost` / :func:`measure_latency` -- params, MACs, latency
 """
@@ -25,10 +26,10 @@ from .registry import get_criterion, list_criteria, register
 from . import collectors, criteria  # noqa: F401  (register the statistics passes, then the criteria)
 from .score import Scores, score_filters, score_filters_multi
 from .select import select_filters
-from .surgery import apply_plan, coupling_classes, current_plan
+from .surgery import apply_plan, channel_groups, coupling_classes, current_plan
 
 __all__ = [
-    "PROTOCOLS", "Scores", "apply_plan", "count_cost", "count_params", "coupling_classes", "current_plan", "get_criterion",
+    "PROTOCOLS", "Scores", "apply_plan", "channel_groups", "count_cost", "count_params", "coupling_classes", "current_plan", "get_criterion",
     "WriteError", "list_criteria", "load_pruned", "read_state_dict", "measure_latency", "prunable_layers", "read_plan", "register",
     "resolve_layers", "save_pruned", "score_filters", "score_filters_multi", "select_filters",
 ]

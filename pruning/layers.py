@@ -16,7 +16,11 @@ them: last to first**:
     Every prunable conv: the convs are partitioned into *coupled groups* (:mod:`pruning.surgery`:
     residual adds, depthwise convs, squeeze-excitation products tie output filters together) and each
     group is represented by its **first conv in module order**; pruning the representative prunes the
-    whole group with the same indices, and its scores are the representative's own.
+    whole group with the same indices, and its scores are the representative's own.  Groups this library
+    cannot prune (:func:`pruning.surgery.unprunable_classes`: a ViT's or MLP-Mixer's patch-embedding conv,
+    whose filters become tokens) are left out, with a warning; a model with no prunable group at all is
+    refused with a ``ValueError`` naming the model class and its convs.  Families tested:
+    docs/model-families.md.
 
 The *observation site* of a conv (:func:`resolve_layers`) is the feature map its filters produce after its
 BatchNorm and activation when they follow it, found by ``torch.fx`` tracing: conv -> (BatchNorm2d, if the
@@ -25,6 +29,12 @@ module when that module is called exactly once in the network.  A shared module 
 ``relu`` used three times per block) is hooked too, and a hook on the BN marks its output so that only
 the call whose input is that very tensor is observed (no extra activation pass).  Without an fx trace, the BN is found by module order and the
 activation is not applied (logged as a warning).
+
+The trace treats every ``nn.BatchNorm2d`` *subclass* as one module (timm's ``BatchNormAct2d``, which applies
+its activation ``.act`` inside its forward, would otherwise be traced into a bare ``F.batch_norm`` call);
+such a fused activation counts as the conv's activation (``LayerRef.fused_act``), in both the fx and the
+module-order fallback.  ``nn.Identity`` calls between conv, BN and activation (timm's disabled
+``drop_block``) are skipped.
 """
 from __future__ import annotations
 
@@ -38,7 +48,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .surgery import coupling_classes
+from .surgery import unprunable_classes
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +115,7 @@ class LayerRef:
     hook_module: nn.Module
     post: Optional[Callable[[torch.Tensor], torch.Tensor]]
     shared_act: Optional[nn.Module] = None
+    fused_act: Optional[nn.Module] = None  # the activation a norm-act BN (timm BatchNormAct2d) applies inside
 
     @property
     def num_filters(self) -> int:
@@ -114,7 +125,7 @@ class LayerRef:
     def has_activation(self) -> bool:
         """Whether the observed map is after an activation (a hooked activation module, a shared one, or a
         function applied in the hook), not the bare conv/BN output."""
-        return (self.post is not None or self.shared_act is not None
+        return (self.post is not None or self.shared_act is not None or self.fused_act is not None
                 or self.hook_name not in (self.name, self.bn_name))
 
     def masks_like_removal(self) -> bool:
@@ -128,13 +139,35 @@ class LayerRef:
             return bool((act(torch.zeros(1, self.num_filters, 1, 1, dtype=w.dtype, device=w.device)) == 0).all())
 
 
-def _sole_user(node: torch.fx.Node) -> Optional[torch.fx.Node]:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
+def _fused_act(bn: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The activation module a norm-act BatchNorm applies in its own forward (timm's ``BatchNormAct2d``:
+    attribute ``act``), or None (plain BN, or ``act`` is ``nn.Identity``)."""
+    act = getattr(bn, "act", None)
+    return act if isinstance(bn, nn.BatchNorm2d) and isinstance(act, nn.Module) and not isinstance(act, nn.Identity) \
+        else None
+
+
+class _Tracer(torch.fx.Tracer):
+    """fx tracer keeping BatchNorm2d subclasses (timm's norm-act layers) whole: module docstring."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _sole_user(node: torch.fx.Node, modules: Optional[dict] = None) -> Optional[torch.fx.Node]:
+    """The only user of ``node``, looking through ``nn.Identity`` calls when ``modules`` is given."""
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if modules is None or user.op != "call_module" or not isinstance(modules.get(user.target), nn.Identity):
+            return user
+        node = user
 
 
 def _sites_fx(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     calls: Dict[str, int] = {}
     for node in graph.nodes:
@@ -145,10 +178,12 @@ def _sites_fx(model: nn.Module, names: Sequence[str]) -> Dict[str, tuple]:
         if node.op != "call_module" or node.target not in names:
             continue
         bn_name, last = None, node
-        user = _sole_user(node)
+        user = _sole_user(node, modules)
         if user is not None and user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
             bn_name, last = user.target, user
-        act_node, post, hook, shared = _sole_user(last), None, last.target, None
+        act_node, post, hook, shared = _sole_user(last, modules), None, last.target, None
+        if _fused_act(modules.get(bn_name)) is not None:
+            act_node = None  # the BN applied the activation itself: its output is the observed map
         if act_node is not None and act_node.op == "call_module" and type(modules[act_node.target]) in _ACT_MODULES:
             if calls[act_node.target] == 1:
                 hook = act_node.target
@@ -187,16 +222,18 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> List[LayerRef]:
     try:
         sites = _sites_fx(model, names)
     except Exception as exc:  # torch.fx cannot trace data-dependent control flow
-        log.warning("torch.fx could not trace %s (%s); observing conv/BN outputs without the activation",
+        log.warning("torch.fx could not trace %s (%s); observing conv/BN outputs without a "
+                    "separate activation (a norm-act BN's own is included)",
                     type(model).__name__, exc)
         sites = _sites_by_order(model, names)
     refs = []
     for name in names:
         bn_name, hook, post, shared = sites[name]
-        refs.append(LayerRef(name=name, conv=modules[name], bn_name=bn_name,
-                             bn=modules[bn_name] if bn_name else None, hook_name=hook,
+        bn = modules[bn_name] if bn_name else None
+        refs.append(LayerRef(name=name, conv=modules[name], bn_name=bn_name, bn=bn, hook_name=hook,
                              hook_module=modules[hook], post=post,
-                             shared_act=modules[shared] if shared else None))
+                             shared_act=modules[shared] if shared else None,
+                             fused_act=_fused_act(bn) if hook == bn_name else None))
     return refs
 
 
@@ -235,5 +272,14 @@ def prunable_layers(model: nn.Module, protocol: str = "all", example_input: torc
                                      "use 'resnet50-16' or 'all'")
                 names.append(f"{block_name}.conv2")
         return names[::-1]
-    reps = [members[0] for members in coupling_classes(model, example_input)]
+    classes, refused = unprunable_classes(model, example_input)
+    reps = [members[0] for members in classes if members[0] not in refused]
+    if refused:
+        detail = "; ".join(f"{name!r}: {why}" for name, why in refused.items())
+        if not reps:
+            raise ValueError(f"{type(model).__name__} has no conv this library can prune ({detail}). Filter pruning "
+                             "here is for CNNs (ResNet/ResNeXt, RegNet, EfficientNet/MobileNet, ConvNeXt, VGG, "
+                             "DenseNet: docs/model-families.md); for transformers prune attention heads/MLP units "
+                             "with another tool")
+        log.warning("%s: leaving out convs that cannot be pruned: %s", type(model).__name__, detail)
     return reps[::-1]

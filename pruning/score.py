@@ -26,17 +26,21 @@ from torch import nn
 
 from .layers import PROTOCOLS, LayerRef, prunable_layers, resolve_layers
 from .registry import get_criterion, get_pass, pass_kinds
-from .surgery import eval_mode
+from .surgery import channel_groups, eval_mode
 
 log = logging.getLogger(__name__)
 
 
 class Scores(dict):
-    """``{layer name: 1-D float64 CPU tensor}`` plus ``criterion``, ``num_images`` and ``options``."""
+    """``{layer name: 1-D float64 CPU tensor}`` plus ``criterion``, ``num_images`` and ``options``, and
+    ``channel_groups`` (:func:`pruning.surgery.channel_groups` of the scored layers: ``{layer: G}`` for layers
+    feeding grouped convs, which :func:`pruning.select_filters` then prunes evenly over G blocks)."""
 
-    def __init__(self, scores: Mapping[str, torch.Tensor], criterion: str, num_images: int, options: Mapping):
+    def __init__(self, scores: Mapping[str, torch.Tensor], criterion: str, num_images: int, options: Mapping,
+                 channel_groups: Optional[Mapping[str, int]] = None):
         super().__init__(scores)
         self.criterion, self.num_images, self.options = criterion, num_images, dict(options)
+        self.channel_groups = dict(channel_groups or {})
 
     def __repr__(self) -> str:
         return f"Scores(criterion={self.criterion!r}, num_images={self.num_images}, layers={list(self)})"
@@ -150,6 +154,7 @@ def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union
         model.to(device)
     param = next(model.parameters())
     refs = _resolve(model, layers)
+    balance = channel_groups(model, [ref.name for ref in refs])
     needs = sorted({c.needs for c in crits}, key=pass_kinds().index)
     data_needs = [n for n in needs if get_pass(n).needs_data]
     if data_needs and data is None:
@@ -174,7 +179,7 @@ def score_filters_multi(model: nn.Module, criteria: Sequence[str], layers: Union
                         raise RuntimeError(f"criterion {c.name!r} returned {value.numel()} scores for {ref.name!r} "
                                            f"with {ref.num_filters} filters")
                     scores[ref.name] = value
-                result[c.name] = Scores(scores, c.name, used, opts[c.name])
+                result[c.name] = Scores(scores, c.name, used, opts[c.name], balance)
                 log.info("scored %d layers with %r on %d images", len(refs), c.name, used)
     return result
 

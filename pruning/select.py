@@ -11,6 +11,12 @@ layer's mean absolute score (criteria are not on comparable scales across layers
 filter when its layer would drop below ``min_keep``; finally each layer's count is rounded up to a
 multiple of ``round_to`` by re-adding its best pruned filters.
 
+Grouped convs (``groups``, a mapping layer -> G; default ``scores.channel_groups`` when the scores come from
+:func:`pruning.score_filters`, else none): a layer whose coupled group reaches grouped convs must lose the
+same number of filters from each of its G equal contiguous blocks (:func:`pruning.surgery.channel_groups`).
+For such a layer the kept count ``k`` (from the rule above, or from the global ranking) is rounded **up** to
+a multiple of G, and each block keeps its ``k / G`` highest scores (ties: lower index).
+
 The plan lists kept indices sorted ascending; it is plain JSON-serialisable data.
 """
 from __future__ import annotations
@@ -53,10 +59,44 @@ def _check_ratio(name: str, ratio) -> float:
     return float(ratio)
 
 
+def _check_groups(scores: Dict[str, torch.Tensor], groups) -> Dict[str, int]:
+    if not isinstance(groups, Mapping):
+        raise ValueError(f"groups must be a mapping {{layer: number of blocks}}; got {type(groups).__name__}")
+    out = {}
+    for name, g in groups.items():
+        if name not in scores:
+            continue
+        n = scores[name].numel()
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1 or n % g:
+            raise ValueError(f"groups[{name!r}] must be an int >= 1 dividing its {n} filters; got {g!r}")
+        if g > 1:
+            out[name] = g
+    return out
+
+
+def _top_balanced(values: torch.Tensor, k: int, blocks: int) -> List[int]:
+    """The ``ceil(k / blocks)`` best of each of ``blocks`` equal contiguous blocks (module docstring)."""
+    size = values.numel() // blocks
+    per = min(size, max(1, math.ceil(k / blocks)))
+    return sorted(b * size + i for b in range(blocks) for i in _top(values[b * size:(b + 1) * size], per))
+
+
 def select_filters(scores: Mapping[str, torch.Tensor], ratio: Union[float, Mapping[str, float]], round_to: int = 1,
-                   min_keep: int = 1, global_ranking: bool = False) -> Dict[str, List[int]]:
+                   min_keep: int = 1, global_ranking: bool = False,
+                   groups: Union[Mapping[str, int], None] = None) -> Dict[str, List[int]]:
     """The plan keeping the highest-scoring filters (module docstring for the exact rule)."""
+    if groups is None:
+        groups = getattr(scores, "channel_groups", None) or {}
     scores = _check_scores(scores)
+    blocks = _check_groups(scores, groups)
+    plan = _select(scores, ratio, round_to, min_keep, global_ranking)
+    for name, g in blocks.items():
+        plan[name] = _top_balanced(scores[name], len(plan[name]), g)
+    return plan
+
+
+def _select(scores: Dict[str, torch.Tensor], ratio, round_to: int, min_keep: int, global_ranking: bool
+            ) -> Dict[str, List[int]]:
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be an int >= 1; got {round_to!r}")
     if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 1:

@@ -25,6 +25,30 @@ and whose ``forward(example_input)`` reaches every consumer of the prunable conv
 then traces the proxy instead of the model; plan names, :func:`current_plan` and the recorded input shape
 stay in the model's own namespace (``pruning.detection.model.VGGFasterRCNN`` is the one user).
 
+**Grouped convolutions** (ResNeXt, RegNet: ``1 < groups < out_channels``).  Torch-Pruning's
+``ConvPruner.prune_in_channels`` (``torch_pruning/pruner/function.py``) keeps ``keep_idxs[:len(keep_idxs) //
+groups]`` of the kept input channels, which is right only when every group loses the same *positions*;
+its ``MetaPruner`` guarantees that by averaging importance over groups, its ``DependencyGraph`` does not.
+:func:`apply_plan` therefore (a) requires every grouped conv the plan touches to lose the **same number**
+of input channels (and of output filters) in each of its groups, refusing an unbalanced plan with a
+``ValueError`` naming the conv; (b) removes a grouped conv's input channels itself (per group, any
+positions), the rest of the group being pruned by Torch-Pruning.  :func:`channel_groups` gives, per conv,
+the number of equal contiguous blocks its filters must be pruned evenly across (1 for most convs);
+:func:`pruning.select_filters` takes it as ``groups=`` (and reads it from ``Scores.channel_groups``).
+Depthwise convs (``groups == in_channels == out_channels``) are Torch-Pruning's own case (in and out
+channels coupled).  A conv with ``groups == out_channels != in_channels``, which Torch-Pruning would
+take for a depthwise conv, is refused.
+
+**What is not prunable** (refused with a ``ValueError`` naming the model class and the convs):
+filters that become transformer/MLP-mixer *tokens* (a ViT's or Mixer's patch-embedding conv: its group
+reaches an ``nn.Linear`` applied to a 3-D ``(N, tokens, C)`` tensor, or a parameter such as ``pos_embed``
+with more than one non-singleton dimension), and groups reaching ``nn.MultiheadAttention``,
+``nn.Embedding`` or a recurrent layer.  :func:`unprunable_classes` lists them;
+``prunable_layers(model, "all")`` leaves them out.  Per-channel parameters that belong to no module (ConvNeXt's
+layer scale ``gamma``, shape ``(C,)``) are Torch-Pruning's *unwrapped parameters*
+(``DependencyGraph._detect_unwrapped_parameters``): pruned along their last non-singleton dimension,
+which is the channel dimension for ``(C,)`` and ``(1, C, 1, 1)``.
+
 **Frozen parameters stay frozen.**  Torch-Pruning replaces a pruned weight by a new ``nn.Parameter``
 (``requires_grad=True``); :func:`apply_plan` restores ``requires_grad=False`` on every parameter that had it.
 """
@@ -63,7 +87,8 @@ def default_example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
     """A zero batch ``(1, C, size, size)`` on the model's device, C = in_channels of the first conv."""
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Conv2d: nothing to prune")
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d: nothing to prune (filter pruning is for "
+                         "CNNs; supported families: docs/model-families.md)")
     param = next(model.parameters())
     return torch.zeros(1, first.in_channels, size, size, device=param.device, dtype=param.dtype)
 
@@ -78,12 +103,156 @@ def _tp():
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` (of ``model.pruning_proxy()`` where the model has one:
-    module docstring), traced in eval mode (no BN statistics change); the model's mode is restored after."""
+    module docstring), traced in eval mode (no BN statistics change); the model's mode is restored after.
+
+    The trace also records which ``nn.Linear`` layers see token sequences (3-D outputs), for
+    :func:`unprunable_reason`, as ``graph.token_linears``."""
     if not isinstance(example_input, torch.Tensor):
         raise ValueError(f"example_input must be a tensor batch (N, C, H, W); got {type(example_input).__name__}")
+    tokens = set()
+
+    def _record(module, _inputs, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 3:
+            tokens.add(module)
+
     with eval_mode(model), torch.enable_grad():
         traced = model.pruning_proxy() if hasattr(model, "pruning_proxy") else model
-        return _tp().DependencyGraph().build_dependency(traced, example_inputs=example_input, verbose=False)
+        hooks = [m.register_forward_hook(_record) for m in traced.modules() if isinstance(m, nn.Linear)]
+        try:
+            graph = _tp().DependencyGraph().build_dependency(traced, example_inputs=example_input, verbose=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    graph.token_linears = tokens
+    return graph
+
+
+def _is_grouped(conv: nn.Module) -> bool:
+    """A grouped conv Torch-Pruning treats as an ordinary conv (in and out channels not coupled)."""
+    return isinstance(conv, nn.Conv2d) and 1 < conv.groups and conv.groups != conv.out_channels
+
+
+_UNSUPPORTED = (nn.MultiheadAttention, nn.Embedding, nn.RNNBase)
+
+
+def unprunable_reason(graph: tp.DependencyGraph, group) -> str | None:
+    """Why the Torch-Pruning ``group`` cannot be pruned by this library (module docstring), or None."""
+    names = graph._module2name
+    tokens = getattr(graph, "token_linears", set())
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.Linear) and module in tokens:
+            return (f"its channels become the features of a token sequence (nn.Linear {names.get(module, '?')!r} "
+                    "sees a 3-D (N, tokens, C) tensor): a transformer/MLP-mixer embedding, not a CNN feature map")
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.Parameter) and sum(s > 1 for s in module.shape) > 1:
+            pname = graph._param_to_name.get(module, "?")
+            return (f"it reaches the parameter {pname!r} of shape {tuple(module.shape)} (not per-channel; "
+                    "e.g. a position embedding)")
+        if isinstance(module, _UNSUPPORTED):
+            return f"it reaches {type(module).__name__} {names.get(module, '?')!r}"
+        if (isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.out_channels
+                and module.in_channels != module.out_channels):
+            return (f"conv {names.get(module, '?')!r} has groups == out_channels ({module.groups}) != in_channels "
+                    f"({module.in_channels}), which Torch-Pruning would prune as a depthwise conv")
+    return None
+
+
+def _balance_errors(graph: tp.DependencyGraph, group) -> List[str]:
+    """For every grouped conv the group prunes: unless each of its groups loses the same number of input
+    channels (output filters), a description of the imbalance."""
+    names = graph._module2name
+    errors = []
+    for dep, idxs in group:
+        conv = dep.target.module
+        if not _is_grouped(conv):
+            continue
+        side = "in" if graph.is_in_channel_pruning_fn(dep.handler) else "out"
+        total = conv.in_channels if side == "in" else conv.out_channels
+        size = total // conv.groups
+        counts = [0] * conv.groups
+        for i in idxs:
+            counts[int(i) // size] += 1
+        if len(set(counts)) > 1 or (side == "in" and counts[0] >= size):
+            what = "input channels" if side == "in" else "output filters"
+            errors.append(f"{names[conv]!r} (groups={conv.groups}, {size} {what} per group) would lose {counts} "
+                          f"{what} per group")
+    return errors
+
+
+def _prune_grouped_in(conv: nn.Conv2d, idxs: Sequence[int]) -> None:
+    """Remove input channels ``idxs`` of a grouped conv: each group keeps its own remaining channels (the
+    same number in every group, checked by :func:`_balance_errors`)."""
+    drop = set(int(i) for i in idxs)
+    size, out_size = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    pieces, grads = [], []
+    for g in range(conv.groups):
+        keep = torch.tensor([j for j in range(size) if g * size + j not in drop], device=conv.weight.device)
+        rows = slice(g * out_size, (g + 1) * out_size)
+        pieces.append(conv.weight.data[rows].index_select(1, keep))
+        if conv.weight.grad is not None:
+            grads.append(conv.weight.grad[rows].index_select(1, keep))
+    weight = nn.Parameter(torch.cat(pieces), requires_grad=conv.weight.requires_grad)
+    if grads:
+        weight.grad = torch.cat(grads)
+    conv.weight = weight
+    conv.in_channels -= len(drop)
+
+
+def _prune(graph: tp.DependencyGraph, group) -> None:
+    """``group.prune()``, except that grouped convs' input channels are removed by :func:`_prune_grouped_in`
+    (Torch-Pruning's ``ConvPruner.prune_in_channels`` assumes the same positions in every group)."""
+    grouped = [(dep.target.module, list(idxs)) for dep, idxs in group
+               if _is_grouped(dep.target.module) and graph.is_in_channel_pruning_fn(dep.handler)]
+    if grouped:
+        skip = {id(conv) for conv, _ in grouped}
+        group._group = [item for item in group._group
+                        if not (id(item.dep.target.module) in skip and graph.is_in_channel_pruning_fn(item.dep.handler))]
+    group.prune(record_history=False)
+    for conv, idxs in grouped:
+        _prune_grouped_in(conv, idxs)
+
+
+def _lcm(a: int, b: int) -> int:
+    import math
+    return a * b // math.gcd(a, b)
+
+
+def _balance_of(graph: tp.DependencyGraph, conv: nn.Conv2d) -> int:
+    """Number of equal contiguous blocks of ``conv``'s filters that a removal must hit evenly (module doc)."""
+    group = pruning_group(graph, conv, list(range(conv.out_channels)))
+    blocks = 1
+    for dep, idxs in group:
+        target = dep.target.module
+        if not _is_grouped(target):
+            continue
+        if [int(i) for i in idxs] != list(range(conv.out_channels)):
+            raise ValueError(f"{graph._module2name[conv]!r} reaches the grouped conv {graph._module2name[target]!r} "
+                             "through an index remapping (concatenation/split): not supported; leave it unpruned")
+        blocks = _lcm(blocks, target.groups)
+    if conv.out_channels % blocks:
+        raise ValueError(f"{graph._module2name[conv]!r}: {conv.out_channels} filters cannot be split into "
+                         f"{blocks} equal blocks for its grouped convs")
+    return blocks
+
+
+def channel_groups(model: nn.Module, layers: Sequence[str], example_input: torch.Tensor | None = None
+                   ) -> Dict[str, int]:
+    """``{conv name: G}`` for the ``layers`` whose removal must be spread evenly over ``G > 1`` equal
+    contiguous blocks of filters, because their coupled group reaches grouped convs (module docstring);
+    layers without that constraint are left out (an empty dict for a model without grouped convs)."""
+    modules = dict(model.named_modules())
+    if not any(_is_grouped(m) for m in modules.values()):
+        return {}
+    example_input = default_example_input(model) if example_input is None else example_input
+    graph = build_graph(model, example_input)
+    out = {}
+    for name in layers:
+        blocks = _balance_of(graph, modules[name])
+        if blocks > 1:
+            out[name] = blocks
+    return out
 
 
 def _conv_members(graph: tp.DependencyGraph, group) -> List[Tuple[str, List[int]]]:
@@ -112,7 +281,26 @@ def pruning_group(graph: tp.DependencyGraph, conv: nn.Conv2d, idxs: Sequence[int
 def coupling_classes(model: nn.Module, example_input: torch.Tensor | None = None) -> List[List[str]]:
     """Partition of all convs into coupled groups, each listed in module order, groups in module order."""
     example_input = default_example_input(model) if example_input is None else example_input
+    return _classes(model, build_graph(model, example_input))
+
+
+def unprunable_classes(model: nn.Module, example_input: torch.Tensor | None = None
+                       ) -> Tuple[List[List[str]], Dict[str, str]]:
+    """``(classes, refused)``: the :func:`coupling_classes` and, for each class this library cannot prune
+    (module docstring), ``{first conv of the class: reason}``."""
+    example_input = default_example_input(model) if example_input is None else example_input
     graph = build_graph(model, example_input)
+    classes = _classes(model, graph)
+    modules = dict(model.named_modules())
+    refused = {}
+    for members in classes:
+        reason = unprunable_reason(graph, pruning_group(graph, modules[members[0]], [0]))
+        if reason is not None:
+            refused[members[0]] = reason
+    return classes, refused
+
+
+def _classes(model: nn.Module, graph: tp.DependencyGraph) -> List[List[str]]:
     seen: Dict[str, int] = {}
     classes: List[List[str]] = []
     for name, module in model.named_modules():
@@ -148,6 +336,27 @@ def _check_plan(model: nn.Module, plan: Mapping[str, Sequence[int]]) -> Dict[str
     return convs
 
 
+def _check_group(model: nn.Module, graph: tp.DependencyGraph, name: str, conv: nn.Conv2d, keep: Sequence[int]
+                 ) -> None:
+    """``ValueError`` when removing all but ``keep`` of ``conv``'s filters is not something this library
+    does (an unprunable group, or uneven removal across a grouped conv's groups: module docstring)."""
+    drop = sorted(set(range(conv.out_channels)) - set(keep))
+    if not drop:
+        return
+    group = pruning_group(graph, conv, drop)
+    reason = unprunable_reason(graph, group)
+    if reason is not None:
+        raise ValueError(f"{type(model).__name__}: cannot prune {name!r}: {reason}. Prune CNN convs only "
+                         "(pruning.prunable_layers(model, 'all') lists them; supported families: "
+                         "docs/model-families.md)")
+    unbalanced = _balance_errors(graph, group)
+    if unbalanced:
+        raise ValueError(f"{type(model).__name__}: the plan for {name!r} removes filters unevenly across the "
+                         f"groups of a grouped conv: {'; '.join(unbalanced)}. Remove the same number from each "
+                         "block: pruning.select_filters(scores, ratio, groups=pruning.channel_groups(model, "
+                         "layers)) does (scores from pruning.score_filters carry it already)")
+
+
 def current_plan(model: nn.Module) -> Plan:
     """Cumulative plan of everything :func:`apply_plan` removed from ``model`` (original indices)."""
     return {name: list(keep) for name, keep in getattr(model, _PLAN_ATTR, {}).items()}
@@ -173,6 +382,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     done: Dict[str, List[int]] = {}  # conv -> kept indices (current numbering) pruned in this call
     removed = 0
+    for name in sorted(plan, key=order.__getitem__):  # refuse before changing anything
+        _check_group(model, graph, name, convs[name], plan[name])
     for name in sorted(plan, key=order.__getitem__):
         keep = list(plan[name])
         if name in done:
@@ -188,7 +399,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inpu
         group = pruning_group(graph, conv, drop)
         members = _conv_members(graph, group)
         sizes = {member: modules[member].out_channels for member, _ in members}
-        group.prune(record_history=False)
+        _prune(graph, group)
         for member, idxs in members:
             n = sizes[member]
             kept_now = sorted(set(range(n)) - set(idxs))
