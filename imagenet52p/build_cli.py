@@ -32,11 +32,17 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", help="Input layout (auto = detect).")
 @click.option("--val-per-class", type=int, default=50, help="Train images per class held out as the val split.")
 @click.option("--seed", type=int, default=0, help="Seed of the held-out choice and the shard order.")
-@click.option("--shard-size", type=int, default=1000, help="Samples per train shard.")
-@click.option("--eval-shard-size", type=int, default=250, help="Samples per val/test shard.")
+@click.option("--shard-size", type=int, default=None,
+              help="Fixed samples per train shard (the last one shorter; val/test then 250 unless "
+                   "--eval-shard-size) [default: automatic counts: a multiple of 240 shards of at most 1000, "
+                   "fewer for small splits; docs/builder.md].")
+@click.option("--eval-shard-size", type=int, default=None,
+              help="Fixed samples per val/test shard (train then 1000 unless --shard-size) [default: automatic "
+                   "counts, shards of at most 250].  Builds made before automatic counts: "
+                   "--shard-size 1000 --eval-shard-size 250.")
 @click.option("--shards-per-split", type=int, default=None,
-              help="Exactly N shards per split, sizes equal to within one sample (overrides the shard sizes; "
-                   "check a count with `imagenet52p info OUT --readers`).")
+              help="Exactly N shards per split, sizes equal to within one sample (not with --shard-size or "
+                   "--eval-shard-size; check a count with `imagenet52p info OUT --readers`).")
 @click.option("--resize", type=int, default=None, help="Cap the shorter side at N pixels (re-encoded).")
 @click.option("--quality", type=int, default=90, help="JPEG quality of re-encoded images.")
 @click.option("--decode-check", is_flag=True, help="Fully decode every kept JPEG (slower, stricter check).")

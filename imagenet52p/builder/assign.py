@@ -10,11 +10,13 @@ Definitions (all driven by ``seed`` through :func:`~.config.derived_seed`, never
   every character outside ``[A-Za-z0-9_-]`` (dots included: webdataset splits keys at the first
   dot) becomes ``_``.  Should two files of a class map to the same key, the one whose source
   path sorts first keeps it and the others get ``_2``, ``_3``, ...
-* order: the split's samples sorted by key, then a seeded permutation (seed, "order", split);
-  consecutive runs of ``shard_size`` (train) or ``eval_shard_size`` (val, test) form the shards.
-  With ``shards_per_split`` = N instead: N consecutive runs, the first ``n_samples % N`` of
-  ``n_samples // N + 1`` samples and the rest of ``n_samples // N`` (:func:`even_sizes`); an empty
-  split has no shards, and a split with fewer than N samples is refused.
+* order: the split's samples sorted by key, then a seeded permutation (seed, "order", split).
+* shards: by default (neither a shard size nor ``shards_per_split`` given) N = :func:`auto_shard_count`
+  consecutive runs, the first ``n_samples % N`` of ``n_samples // N + 1`` samples and the rest of
+  ``n_samples // N`` (:func:`even_sizes`).  With ``shards_per_split`` = N: the same cut with that N; a
+  split with fewer than N samples is refused.  With ``shard_size`` / ``eval_shard_size`` given:
+  consecutive runs of ``shard_size`` (train) or ``eval_shard_size`` (val, test), the last one shorter.
+  An empty split has no shards.
 * plan hash of a shard: sha256 over the build identity and each planned sample's key, label,
   source path and source size.  A shard on disk is reused only if its recorded plan hash and
   checksum match.
@@ -31,7 +33,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from ..classes import ClassSet
-from .config import BuildError, derived_seed
+from .config import AUTO, BuildError, derived_seed
 from .sources import Source
 from .writer import Sample
 
@@ -93,16 +95,83 @@ def split_sources(sources: list[Source], wnids: list[str], val_per_class: int, s
     return {"train": train, "val": val, "test": test}
 
 
+#: The automatic shard counts (:func:`auto_shard_count`): multiples of ``AUTO_SHARD_MULTIPLE``, else the
+#: ``AUTO_SHARD_LADDER``, never below ``MIN_SHARD_SIZE`` samples per shard.
+AUTO_SHARD_MULTIPLE = 240
+AUTO_SHARD_LADDER = (240, 120, 60, 48, 24, 12, 6, 4, 2, 1)
+MIN_SHARD_SIZE = 8
+
+
+def auto_shard_count(n_samples: int, target: int) -> int:
+    """The default number of shards of a split of ``n_samples``, with shards of at most ``target``
+    samples (1000 for train, 250 for val and test):
+
+    1. 0 for an empty split; 1 for a split of fewer than ``MIN_SHARD_SIZE`` (8) samples.
+    2. Else the smallest multiple of 240 whose shards hold at most ``target`` samples:
+       ``240 * ceil(n_samples / (240 * target))``, if its shards keep at least 8 samples
+       (``n_samples // count >= 8``, true for every split of 1,920 samples or more when ``target``
+       is 16 or more).
+    3. Else (fewer than 1,920 samples) the largest count of ``AUTO_SHARD_LADDER`` that keeps at least
+       8 samples per shard: ``n_samples // count >= 8``.
+
+    Sizes are then equal to within one sample (:func:`even_sizes`).  Examples: 1,281,167 (ImageNet-1k
+    train) -> 1440 shards of 889-890; 64,400 -> 240 of 268-269; 2,600 (ImageNet-52P val) -> 240 of
+    10-11; 200 -> 24 of 8-9; 40 -> 4 of 10; 5 -> 1.
+
+    Why: timm's ``wds/`` reader and webdataset hand whole shards to the G = ranks x workers global
+    workers, so the shards divide evenly among them exactly when G divides the count.  240 =
+    2^4 * 3 * 5 is the smallest number with 20 divisors; the ladder is the highly composite numbers
+    (each has more divisors than every smaller number) that divide 240, so each rung keeps as many
+    products G as that many shards can, and a smaller rung never adds a G that 240 lacks.  Each count
+    gives every (rank, worker) count / G shards for these G:
+
+    ======  ===================================================================
+    count   G = ranks x workers
+    ======  ===================================================================
+    240     1 2 3 4 5 6 8 10 12 15 16 20 24 30 40 48 60 80 120 240
+    120     1 2 3 4 5 6 8 10 12 15 20 24 30 40 60 120
+    60      1 2 3 4 5 6 10 12 15 20 30 60
+    48      1 2 3 4 6 8 12 16 24 48
+    24      1 2 3 4 6 8 12 24
+    12      1 2 3 4 6 12
+    6       1 2 3 6
+    4       1 2 4
+    2       1 2
+    1       1
+    ======  ===================================================================
+
+    A multiple 240 * m also covers the divisors of 240 * m (1440 = 240 * 6 adds 9, 18, 36, 72, ...).
+    With G dividing both the count and ``n_samples``, every (rank, worker) gets ``n_samples / G``
+    samples (the larger shards come first, ``n_samples % count`` of them, also a multiple of G): timm
+    and webdataset read each sample once.  When G does not divide ``n_samples`` no shard count makes
+    timm exact (``imagenet52p info OUT --readers`` says so).  The minimum of 8 samples keeps a shard
+    from being mostly per-file cost (an open and 1.5 KB of tar headers per sample for each ~100 KB
+    image); it is the largest power of two that still lets ImageNet-52P's 2,600-image val and test
+    splits use the full 240 (10.8 samples per shard).
+    """
+    if n_samples <= 0:
+        return 0
+    if n_samples < MIN_SHARD_SIZE:
+        return 1
+    count = AUTO_SHARD_MULTIPLE * -(-n_samples // (AUTO_SHARD_MULTIPLE * target))
+    if n_samples // count >= MIN_SHARD_SIZE:
+        return count
+    return next(c for c in AUTO_SHARD_LADDER if n_samples // c >= MIN_SHARD_SIZE)
+
+
 def even_sizes(n_samples: int, n_shards: int) -> list[int]:
     """``n_shards`` sizes summing to ``n_samples``, equal to within one (the larger ones first)."""
     q, r = divmod(n_samples, n_shards)
     return [q + 1] * r + [q] * (n_shards - r)
 
 
-def shard_bounds(n_samples: int, size: int, count: int | None, split: str) -> list[tuple[int, int]]:
-    """``[(start, stop)]`` of each shard: runs of ``size``, or ``count`` runs of :func:`even_sizes`."""
+def shard_bounds(n_samples: int, size: int, count: int | str | None, split: str) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` of each shard: runs of ``size`` (``count`` None), or ``count`` runs of
+    :func:`even_sizes` (``count`` ``"auto"``: :func:`auto_shard_count` of ``n_samples`` and ``size``)."""
     if count is None:
         return [(a, min(a + size, n_samples)) for a in range(0, n_samples, size)]
+    if count == AUTO:
+        count = auto_shard_count(n_samples, size)
     if n_samples == 0:
         return []
     if count > n_samples:
@@ -116,8 +185,9 @@ def shard_bounds(n_samples: int, size: int, count: int | None, split: str) -> li
 
 
 def plan_split(split: str, sources: list[Source], cs: ClassSet, size: int, seed: int, prefix: str,
-               count: int | None = None) -> list[tuple[str, int, tuple[Sample, ...]]]:
-    """``[(shard path, shard index, samples)]`` for one split (``count``: ``shards_per_split``)."""
+               count: int | str | None = None) -> list[tuple[str, int, tuple[Sample, ...]]]:
+    """``[(shard path, shard index, samples)]`` for one split (``size``: its shard size or bound;
+    ``count``: :meth:`~.config.BuildConfig.shard_count`, N, ``"auto"`` or None)."""
     keyed = sorted(assign_keys(split, sources), key=lambda t: t[0])
     order = np.random.default_rng(derived_seed(seed, "order", split)).permutation(len(keyed)).tolist()
     infos = {c.wnid: c for c in cs}

@@ -4,6 +4,13 @@ Options that change the bytes of the output (see :data:`IDENTITY_OPTIONS`) form 
 *identity* of a build: an output directory built with another identity is refused
 unless ``overwrite=True``.  ``workers``, ``on_error``, ``allow_missing``,
 ``overwrite`` and ``progress`` never change a byte of the output.
+
+Shard layout (three modes, :meth:`BuildConfig.shard_mode`): ``auto`` (the default: neither shard size
+nor ``shards_per_split`` given) cuts each split into :func:`~.assign.auto_shard_count` shards of equal
+sizes (to within one sample) no larger than :data:`SHARD_SIZE` / :data:`EVAL_SHARD_SIZE`; ``fixed``
+(``shard_size`` and/or ``eval_shard_size`` given, the other one at its default) cuts consecutive runs
+of those sizes, as every build did before automatic counts; ``count`` (``shards_per_split`` given)
+cuts every split into exactly that many shards.  Giving both a size and a count is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +29,14 @@ ON_ERROR = ("skip", "fail")
 #: Options whose value changes the output bytes (recorded in the manifest as ``options``).
 IDENTITY_OPTIONS = ("val_per_class", "seed", "shard_size", "eval_shard_size", "resize", "quality",
                     "decode_check")
+#: Samples per train / per val and test shard: the fixed size when only one of the two sizes is given,
+#: and the upper bound of the automatic counts.
+SHARD_SIZE, EVAL_SHARD_SIZE = 1000, 250
+#: The default ``shard_mode``; in the identity it is recorded as ``"shard_counts": "auto"``, ``count`` as
+#: ``"shards_per_split": N``, and ``fixed`` by neither (as every build before automatic counts).
+AUTO = "auto"
+#: The identity options that make up the shard layout.
+SHARD_OPTIONS = ("shard_size", "eval_shard_size", "shards_per_split", "shard_counts")
 
 
 class BuildError(RuntimeError):
@@ -36,9 +51,10 @@ class BuildConfig:
     classes: ``imagenet52p`` | ``random52`` | ``imagenet1k`` | PATH of a wnid list.
     val_per_class: train images per class held out (seeded) as the ``val`` split.
     seed: drives the held-out choice and the order of samples across shards.
-    shard_size / eval_shard_size: samples per shard for train / for val and test.
+    shard_size / eval_shard_size: None (automatic shard counts, unless ``shards_per_split``), or fixed
+    samples per shard for train / for val and test (the one not given stays at 1000 / 250).
     shards_per_split: None, or exactly this many shards in every non-empty split (sizes equal to
-    within one sample, overriding shard_size / eval_shard_size; refused for a split with fewer samples).
+    within one sample; refused for a split with fewer samples, and together with a shard size).
     resize: cap the shorter side at this many pixels (re-encoding with ``quality``); None keeps sizes.
     quality: JPEG quality of every re-encoded image (conversions and resizes).
     decode_check: fully decode every kept JPEG (slower) instead of the header + end-marker check.
@@ -52,8 +68,8 @@ class BuildConfig:
     layout: str = "auto"
     val_per_class: int = 50
     seed: int = 0
-    shard_size: int = 1000
-    eval_shard_size: int = 250
+    shard_size: int | None = None
+    eval_shard_size: int | None = None
     shards_per_split: int | None = None
     resize: int | None = None
     quality: int = 90
@@ -72,11 +88,16 @@ class BuildConfig:
             raise ValueError(f"--on-error {self.on_error!r} is not one of: {', '.join(ON_ERROR)}")
         for name in ("shard_size", "eval_shard_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
         n = self.shards_per_split
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"--shards-per-split must be a positive integer, got {n!r}")
+        sizes = [f"--{k.replace('_', '-')}" for k in ("shard_size", "eval_shard_size")
+                 if getattr(self, k) is not None]
+        if n is not None and sizes:
+            raise ValueError(f"--shards-per-split (a shard count) cannot be combined with {' / '.join(sizes)} "
+                             f"(shard sizes): pass one or the other")
         if not isinstance(self.val_per_class, int) or self.val_per_class < 0:
             raise ValueError(f"--val-per-class must be an integer >= 0, got {self.val_per_class!r}")
         if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 8):
@@ -105,14 +126,64 @@ class BuildConfig:
         except AttributeError:  # pragma: no cover - not Linux
             return max(1, os.cpu_count() or 1)
 
+    def shard_mode(self) -> str:
+        """``count`` (``shards_per_split`` set), ``fixed`` (a shard size set) or ``auto`` (neither)."""
+        if self.shards_per_split is not None:
+            return "count"
+        return "fixed" if (self.shard_size, self.eval_shard_size) != (None, None) else AUTO
+
+    def split_shard_size(self, split: str) -> int:
+        """The fixed size (``fixed``) or the size bound (``auto``) of ``split``'s shards."""
+        if split == "train":
+            return SHARD_SIZE if self.shard_size is None else self.shard_size
+        return EVAL_SHARD_SIZE if self.eval_shard_size is None else self.eval_shard_size
+
+    def shard_count(self) -> int | str | None:
+        """What :func:`~.assign.plan_split` takes as ``count``: N, ``"auto"``, or None (fixed sizes)."""
+        return {"count": self.shards_per_split, "auto": AUTO, "fixed": None}[self.shard_mode()]
+
     def identity_options(self) -> dict:
-        """The output-changing options; ``shards_per_split`` only when set (so builds made without
-        it keep the identity, and the manifest ``options``, they had before the option existed)."""
+        """The output-changing options.  ``shard_size`` / ``eval_shard_size`` are always the numbers in
+        effect (1000 / 250 unless given); ``shards_per_split`` is added only when set and
+        ``"shard_counts": "auto"`` only in the automatic mode, so a fixed-size build has the identity
+        (and the manifest ``options``) of the builds made before either existed."""
         d = asdict(self)
         ident = {k: d[k] for k in IDENTITY_OPTIONS}
-        if self.shards_per_split is not None:
+        ident["shard_size"], ident["eval_shard_size"] = self.split_shard_size("train"), self.split_shard_size("val")
+        mode = self.shard_mode()
+        if mode == "count":
             ident["shards_per_split"] = self.shards_per_split
+        elif mode == AUTO:
+            ident["shard_counts"] = AUTO
         return ident
+
+
+def options_shard_mode(options: dict) -> str:
+    """:meth:`BuildConfig.shard_mode` of recorded identity ``options`` (an old or a new build's)."""
+    if options.get("shards_per_split") is not None:
+        return "count"
+    return AUTO if options.get("shard_counts") == AUTO else "fixed"
+
+
+def shard_layout(options: dict) -> str:
+    """How recorded ``options`` cut the splits into shards, in words (for messages)."""
+    mode = options_shard_mode(options)
+    if mode == "count":
+        return f"--shards-per-split {options.get('shards_per_split')}"
+    if mode == AUTO:
+        return "automatic shard counts"
+    return (f"fixed shard sizes --shard-size {options.get('shard_size')} "
+            f"--eval-shard-size {options.get('eval_shard_size')}")
+
+
+def shard_resume_hint(options: dict) -> str:
+    """What to do on the ``build-imagenet52p`` command line to get the shard layout of ``options``."""
+    mode = options_shard_mode(options)
+    if mode == "count":
+        return f"pass --shards-per-split {options.get('shards_per_split')}"
+    if mode == AUTO:
+        return "leave out --shard-size, --eval-shard-size and --shards-per-split (automatic shard counts)"
+    return f"pass --shard-size {options.get('shard_size')} --eval-shard-size {options.get('eval_shard_size')}"
 
 
 def build_identity(cfg: BuildConfig, class_set_sha256: str, layout: str) -> dict:

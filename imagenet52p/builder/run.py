@@ -31,7 +31,8 @@ from pathlib import Path
 from ..classes import load_class_set
 from ..format import SPLITS, file_sha256, write_json_atomic
 from .assign import plan_sha256, plan_split, shard_prefix, split_sources
-from .config import BuildConfig, BuildError, build_identity, identity_digest
+from .config import (SHARD_OPTIONS, BuildConfig, BuildError, build_identity, identity_digest, shard_layout,
+                     shard_resume_hint)
 from .layouts import scan_root
 from .lock import LOCK, out_lock
 from .manifest import make_info, make_manifest
@@ -89,14 +90,24 @@ def _clean(out: Path) -> None:
                 p.unlink()
 
 
-def _differences(old: dict, new: dict) -> str:
+def _differences(old: dict, new: dict) -> tuple[list[str], str | None]:
+    """What differs between two identities, and (when the shard layout differs) how to get the old one
+    on the command line: ``(["seed: 0 -> 1"], None)``, ``(["shards: fixed shard sizes --shard-size 1000
+    --eval-shard-size 250 -> automatic shard counts"], "pass --shard-size 1000 --eval-shard-size 250")``."""
     diffs = []
     for k in ("format", "tool_version", "class_set_sha256", "layout"):
         if old.get(k) != new.get(k):
             diffs.append(f"{k}: {old.get(k)} -> {new.get(k)}")
     oo, no = old.get("options") if isinstance(old.get("options"), dict) else {}, new["options"]
-    diffs += [f"{k}: {oo.get(k)} -> {no[k]}" for k in no if oo.get(k) != no[k]]
-    return "; ".join(diffs)
+    keys = list(no) + [k for k in oo if k not in no]
+    diffs += [f"{k}: {oo.get(k)} -> {no.get(k)}" for k in keys if k not in SHARD_OPTIONS and oo.get(k) != no.get(k)]
+    hint = None
+    if oo and shard_layout(oo) != shard_layout(no):
+        diffs.append(f"shards: {shard_layout(oo)} -> {shard_layout(no)}")
+        hint = shard_resume_hint(oo)
+    elif any(oo.get(k) != no.get(k) for k in SHARD_OPTIONS):
+        diffs += [f"{k}: {oo.get(k)} -> {no.get(k)}" for k in SHARD_OPTIONS if oo.get(k) != no.get(k)]
+    return diffs, hint
 
 
 def prepare_out(out: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
@@ -113,7 +124,11 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
             _clean(out)
         elif old is not None and old != identity:
             if not overwrite:
-                raise BuildError(f"--out {out} holds a different build ({_differences(old, identity)}); "
+                diffs, hint = _differences(old, identity)
+                if hint and len(diffs) > 1:
+                    hint += " (and the other options above as they were)"
+                resume = f"to resume it as it was, {hint}; or " if hint else ""
+                raise BuildError(f"--out {out} holds a different build ({'; '.join(diffs)}); {resume}"
                                  f"choose another --out, or pass --overwrite to replace it")
             _clean(out)
         elif old is not None and overwrite:
@@ -158,11 +173,11 @@ def run_task(args: tuple[ShardTask, dict | None], sink=None) -> dict:
 def _make_tasks(cfg: BuildConfig, cs, splits, digest: str, prefix: str) -> dict[str, list[ShardTask]]:
     tasks = {}
     for split in SPLITS:
-        size = cfg.shard_size if split == "train" else cfg.eval_shard_size
+        size = cfg.split_shard_size(split)
         tasks[split] = [ShardTask(split, j, rel, str(cfg.out_path), samples, plan_sha256(digest, rel, samples),
                                   cfg.resize, cfg.quality, cfg.decode_check, cfg.on_error)
                         for rel, j, samples in plan_split(split, splits[split], cs, size, cfg.seed, prefix,
-                                                                 cfg.shards_per_split)]
+                                                          cfg.shard_count())]
     return tasks
 
 

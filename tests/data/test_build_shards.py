@@ -128,7 +128,9 @@ def test_imagenet52p_set_labels_and_shard_names(tmp_path):
     m = build_dataset(BuildConfig(root=tmp_path / "src", out=tmp_path / "out", val_per_class=1, workers=1,
                                   progress=False))
     assert m["class_set"]["name"] == "imagenet52p-v1" and m["class_set"]["num_classes"] == 52
-    assert [sh["path"] for sh in m["splits"]["val"]["shards"]] == ["val/imagenet52p-val-000000.tar"]
+    # the default (automatic) shard counts: 52 samples -> 6 shards of 8-9 (imagenet52p.builder.assign)
+    assert [sh["path"] for sh in m["splits"]["val"]["shards"]] == [f"val/imagenet52p-val-{i:06d}.tar" for i in range(6)]
+    assert [sh["num_samples"] for sh in m["splits"]["val"]["shards"]] == [9, 9, 9, 9, 8, 8]
     for split in ("train", "val", "test"):
         samples = read_samples(tmp_path / "out", m, split)
         assert len(samples) == 52
