@@ -15,14 +15,16 @@ import torch
 if TYPE_CHECKING:
     from .grid import Cell
 
-def first_plan(model, names, ratio: float, lc) -> dict:
+def first_plan(model, names, ratio: float, lc, example=None) -> dict:
     """``{conv: kept indices}`` keeping the first ``n - floor(ratio n)`` filters of each conv in ``names``
-    (Algorithm 1's widths at ``ratio``: ``pruning.select_filters`` on decreasing scores)."""
+    (Algorithm 1's widths at ``ratio``: ``pruning.select_filters`` on decreasing scores; a conv feeding grouped
+    convs keeps the first filters of each of its equal blocks, :func:`pruning.channel_groups`)."""
     import pruning
 
     convs = dict(model.named_modules())
     scores = {n: torch.arange(convs[n].out_channels, 0, -1, dtype=torch.float32) for n in names}
-    plan = pruning.select_filters(scores, ratio, round_to=lc.round_to, min_keep=lc.min_keep)
+    plan = pruning.select_filters(scores, ratio, round_to=lc.round_to, min_keep=lc.min_keep,
+                                  groups=pruning.channel_groups(model, list(names), example))
     return {k: [int(i) for i in v] for k, v in dict(plan).items()}
 
 
@@ -30,7 +32,7 @@ def first_filters(model, names, ratio: float, lc, example):
     """:func:`first_plan` applied to ``model``, in place (returns it)."""
     import pruning
 
-    pruning.apply_plan(model, first_plan(model, names, ratio, lc), example)
+    pruning.apply_plan(model, first_plan(model, names, ratio, lc, example), example)
     return model
 
 

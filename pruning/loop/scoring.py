@@ -47,9 +47,10 @@ def rebatch(batches, size: int):
         yield torch.cat(xs), torch.cat(ys)
 
 
-def score_layers(ctx, names: list[str], step: int) -> tuple[dict, int]:
-    """Scores of ``names`` on the scoring stream of the :class:`~pruning.loop.context.RunContext` ``ctx``, and
-    the number of images used.  Batches of the global ``batch_size``, computed in pieces of the micro-batch;
+def score_layers(ctx, names: list[str], step: int):
+    """Scores of ``names`` on the scoring stream of the :class:`~pruning.loop.context.RunContext` ``ctx``
+    (:class:`pruning.score.Scores`: with ``channel_groups`` for layers feeding grouped convs, which
+    ``select_filters`` prunes evenly over the groups), and the number of images used.  Batches of the global ``batch_size``, computed in pieces of the micro-batch;
     with ``ctx.score_head`` the loss is over the starting model's full classifier
     (:class:`~pruning.loop.models.FullHead`)."""
     cfg = ctx.config
@@ -60,4 +61,4 @@ def score_layers(ctx, names: list[str], step: int) -> tuple[dict, int]:
                                classes=cfg.effective_score_classes, seed=cfg.seed * 1000 + step,
                                device=ctx.runtime.device, options=cfg.criterion_options or None,
                                micro_batch=ctx.micro)
-    return dict(scores), scores.num_images
+    return scores, scores.num_images

@@ -173,3 +173,39 @@ def test_the_imagenet52p_console_script_keeps_the_data_commands_and_their_option
         assert r.returncode == 0 and r.stdout.startswith("Usage: imagenet52p"), (args, r.stdout, r.stderr)
     r = subprocess.run([cli("imagenet52p"), "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "version" in r.stdout
+
+
+def test_a_timm_resnext_from_a_safetensors_file_prunes_grouped_convs_group_balanced(tmp_path, build):
+    """`imagenet52p prune --model timm/resnext26ts --weights FILE.safetensors`, an activation criterion, on
+    the two convs of a block whose 3x3 conv is grouped (16 groups): the run finishes, kept widths are whole
+    multiples of the groups, and the saved model is replayed onto a fresh timm model with identical outputs."""
+    import safetensors.torch
+    import timm
+
+    import pruning
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnext26ts", num_classes=6)
+    weights = tmp_path / "resnext.safetensors"
+    safetensors.torch.save_file(net.state_dict(), str(weights))
+    layers = "stages.3.1.conv2_kxk.conv,stages.3.1.conv1_1x1.conv"
+    result = CliRunner().invoke(main, [
+        "prune", "--model", "timm/resnext26ts", "--weights", str(weights), "--criterion", "apoz", "--ratio", "0.3",
+        "--data", str(build), "--out", str(tmp_path / "run"), "--layers", layers, "--p", "0.25", "--q", "0.25",
+        "--batch-size", "16", "--image-size", "32", "--device", "cpu", "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert [s["layer"] for s in summary["steps"]] == layers.split(",")
+    widths = json.loads((run / "model" / "plan.json").read_text())["out_channels"]
+    for name in layers.split(","):
+        original = net.get_submodule(name).out_channels
+        assert widths[name] < original and widths[name] % 16 == 0, (name, widths[name])
+    config = json.loads((run / "config.json").read_text())
+    assert config["meta"]["weights_sha256"] and "weights_name" not in config["meta"]
+    loaded = pruning.load_pruned(lambda: timm.create_model("resnext26ts", num_classes=6), run / "model")
+    again = pruning.load_pruned(lambda: timm.create_model("resnext26ts", num_classes=6), run / "model")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), again.eval()(x))
+    assert loaded.get_submodule(layers.split(",")[0]).out_channels == widths[layers.split(",")[0]]
