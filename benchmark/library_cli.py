@@ -51,16 +51,20 @@ def layers_cmd(model: str, num_classes: int, as_json: bool) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="MODEL") from None
     convs = dict(net.named_modules())
+    try:
+        every = pruning.prunable_layers(net, "all")
+    except ValueError as exc:  # no conv this library can prune (a transformer, an MLP-mixer)
+        raise click.BadParameter(str(exc), param_hint="MODEL") from None
     targeted = {}
     for protocol in pruning.PROTOCOLS:
         try:
             targeted[protocol] = set(pruning.prunable_layers(net, protocol))
         except ValueError:  # a protocol written for another architecture
             targeted[protocol] = set()
-    refs = {r.name: r for r in pruning.resolve_layers(net, pruning.prunable_layers(net, "all"))}
+    refs = {r.name: r for r in pruning.resolve_layers(net, every)}
     rows = [{"name": n, "filters": int(convs[n].out_channels), "activation": bool(refs[n].has_activation),
              "protocols": [p for p in pruning.PROTOCOLS if n in targeted[p]]}
-            for n in pruning.prunable_layers(net, "all")]
+            for n in every]
     if as_json:
         click.echo(json.dumps({"model": model, "layers": rows}, indent=1))
         return

@@ -191,6 +191,7 @@ def user_errors(out_dir):
     non-zero status, never a traceback: the library's errors name the file, option or key already; an
     ``OSError`` is named by its path here.  Ctrl-C says that the same command with ``--resume`` continues."""
     from pruning import WriteError
+    from pruning.weights import WeightsNotFound
 
     try:
         yield
@@ -201,6 +202,8 @@ def user_errors(out_dir):
     except (ValueError, KeyError, EOFError, UnicodeDecodeError) as exc:
         raise click.ClickException(str(exc).strip('"') or type(exc).__name__) from None
     except WriteError as exc:  # names the file being written, the reason, and that --resume continues
+        raise click.ClickException(str(exc)) from None
+    except WeightsNotFound as exc:  # names the file, the folder and how to fetch it (pruning.weights)
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         from imagenet52p.cli_errors import os_message

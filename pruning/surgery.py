@@ -83,12 +83,24 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def _fixed_input_size(model: nn.Module) -> int | None:
+    """The input side a model insists on: timm's ``pretrained_cfg`` with ``fixed_input_size`` (ViTs, Mixers),
+    torchvision's ``VisionTransformer.image_size``; None for models that take any size."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("fixed_input_size") and cfg.get("input_size"):
+        return int(cfg["input_size"][-1])
+    size = getattr(model, "image_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
 def default_example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
-    """A zero batch ``(1, C, size, size)`` on the model's device, C = in_channels of the first conv."""
+    """A zero batch ``(1, C, size, size)`` on the model's device, C = in_channels of the first conv (``size``
+    is the model's own for a model with a fixed input size, :func:`_fixed_input_size`)."""
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d: nothing to prune (filter pruning is for "
                          "CNNs; supported families: docs/model-families.md)")
+    size = _fixed_input_size(model) or size
     param = next(model.parameters())
     return torch.zeros(1, first.in_channels, size, size, device=param.device, dtype=param.dtype)
 

@@ -62,7 +62,8 @@ _HASH = re.compile(r"-([a-f0-9]*)\.")  # torch.hub.HASH_REGEX: the sha256 prefix
 
 
 class WeightsNotFound(FileNotFoundError):
-    """Named weights that are neither in their cache nor could be downloaded; ``str()`` says where to put them."""
+    """Named weights that are neither in their cache nor could be downloaded (``str()`` says where to put
+    them), or a weights file that does not exist and is no weight name of the model."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -364,7 +365,7 @@ def resolve_weights(model: str, spec) -> WeightsSource:
     if not path.is_file():
         names = weight_names(model)
         hint = f"; weight names of {model}: {', '.join(names)}" if names else ""
-        raise FileNotFoundError(f"weights {text!r}: no such file, and not a weight name of model {model!r}{hint}; "
+        raise WeightsNotFound(f"weights {text!r}: no such file, and not a weight name of model {model!r}{hint}; "
                                 "give a state_dict file saved with torch.save(model.state_dict(), PATH) or a name")
     return WeightsSource("file", None, path)
 

@@ -119,3 +119,25 @@ def test_other_bytes_under_the_same_name_are_refused_and_a_missing_file_is_named
         assert not (named["root"] / "fresh").exists() or not any((named["root"] / "fresh").iterdir())
     finally:
         path.write_bytes(kept)
+
+
+def test_imagenet52p_prune_offline_names_the_file_and_writes_nothing(named, tmp_path):
+    env = {**named["env"], "TORCH_HOME": str(tmp_path / "empty_th")}
+    out = tmp_path / "run"
+    base = [cli("imagenet52p"), "prune", "--criterion", "l1", "--ratio", "0.5", "--data",
+            str(named["root"] / "data" / "full"), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(base + ["--model", "mobilenet_v3_small", "--weights", "DEFAULT"], capture_output=True,
+                          text=True, env=env)
+    expected = tmp_path / "empty_th" / "hub" / "checkpoints" / named["path"].name
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(expected) in proc.stderr and "writable" not in proc.stderr
+    missing = subprocess.run(base + ["--model", "mobilenet_v3_small", "--weights", "nofile.pt"],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and "not a weight name" in missing.stderr and "IMAGENET1K_V1" in missing.stderr
+    assert not out.exists()
+
+
+def test_a_model_without_prunable_convs_is_one_clear_line():
+    proc = subprocess.run([cli("imagenet52p"), "layers", "timm/vit_tiny_patch16_224"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "has no conv this library can prune" in proc.stderr and "model-families.md" in proc.stderr
