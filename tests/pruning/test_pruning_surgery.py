@@ -33,18 +33,24 @@ def _zero_and_plan(model: nn.Module, x: torch.Tensor, fraction: float = 0.25, se
         conv = modules[layer]
         n = conv.out_channels
         drop = sorted(torch.randperm(n, generator=gen)[: max(1, int(fraction * n))].tolist())
-        with torch.no_grad():
-            for dep, idxs in surgery.pruning_group(graph, conv, drop):
-                module, idxs = dep.target.module, list(idxs)
-                if isinstance(module, nn.BatchNorm2d):
-                    module.weight[idxs] = 0
-                    module.bias[idxs] = 0
-                elif isinstance(module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
-                    module.weight[idxs] = 0
-                    if module.bias is not None:
-                        module.bias[idxs] = 0
+        zero_group(graph, surgery.pruning_group(graph, conv, drop))
         plan[layer] = sorted(set(range(n)) - set(drop))
     return plan
+
+
+def zero_group(graph, group) -> None:
+    """Make the output of the filters a pruning group removes exactly zero: their conv rows and bias, and every
+    BatchNorm gamma/beta the group touches (so removing them cannot change the network's output)."""
+    with torch.no_grad():
+        for dep, idxs in group:
+            module, idxs = dep.target.module, list(idxs)
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight[idxs] = 0
+                module.bias[idxs] = 0
+            elif isinstance(module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
+                module.weight[idxs] = 0
+                if module.bias is not None:
+                    module.bias[idxs] = 0
 
 
 def _check_equivalence(arch: str, size: int = 64):

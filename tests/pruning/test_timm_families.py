@@ -23,6 +23,7 @@ from torch import nn
 import pruning
 from pruning import surgery
 from test_pruning_registry import batches, randomize_bn
+from test_pruning_surgery import zero_group
 
 timm = pytest.importorskip("timm")
 
@@ -88,16 +89,7 @@ def _zero_and_plan(model: nn.Module, x: torch.Tensor, fraction: float = 0.25, se
         if _touches_norm(graph, group):
             normed.add(layer)
             continue
-        with torch.no_grad():
-            for dep, idxs in group:
-                module, idxs = dep.target.module, list(idxs)
-                if isinstance(module, nn.BatchNorm2d):
-                    module.weight[idxs] = 0
-                    module.bias[idxs] = 0
-                elif isinstance(module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
-                    module.weight[idxs] = 0
-                    if module.bias is not None:
-                        module.bias[idxs] = 0
+        zero_group(graph, group)
     return plan, normed, balance
 
 
