@@ -147,7 +147,7 @@ class ExperimentConfig(ConfigHead):
     def weights_path(self, data_root=None, override: str | None = None, model: str | None = None) -> str | None:
         """``None`` (random init), ``"pretrain"``, a weight name of ``model`` (default ``[model].name``; a
         torchvision enum entry such as ``IMAGENET1K_V1``, a timm tag, ``DEFAULT``: kept as written,
-        :func:`pruning.weights.is_weight_name`) or an absolute path of a state_dict file."""
+        :func:`pruning.weights.is_weight_name`) or the path of a state_dict file (taken from ``data_root``)."""
         from pruning.weights import is_weight_name
 
         raw = override if override is not None else self.model.get("weights", "none")

@@ -77,7 +77,9 @@ def _weights_problem(rc: ResolvedCell, cache: dict | None = None) -> str | None:
         return str(e)
     if w in (None, "pretrain"):
         return None
-    if not Path(w).is_absolute():  # a weight name: found in (or fetched into) its cache now, not hours later
+    from pruning.weights import is_weight_name
+
+    if is_weight_name(rc.cell.model, w):  # a weight name: found in (or fetched into) its cache now, not hours later
         key = ("weights", rc.cell.model, w)  # once per grid, not once per cell
         if cache is None or key not in cache:
             try:
@@ -102,7 +104,7 @@ def cell_problems(cfg: ExperimentConfig, cell: Cell, env: CellEnv, cache: dict) 
 
     unknown = model_known(cell.model)
     if unknown:
-        return [unknown.replace("no model", "unknown model", 1)]
+        return [("unknown" + unknown[2:]) if unknown.startswith("no model") else unknown]
     rc = resolve_cell(cfg, cell, env)
     sets = [cell.class_set] + (["full"] if "full" in cfg.data and cell.class_set != "full" else [])
     found = [_layer_problem(cell, cache), *(_build_problem(rc, s) for s in sets), _weights_problem(rc, cache)]

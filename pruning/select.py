@@ -15,16 +15,21 @@ Grouped convs (``groups``, a mapping layer -> G; default ``scores.channel_groups
 :func:`pruning.score_filters`, else none): a layer whose coupled group reaches grouped convs must lose the
 same number of filters from each of its G equal contiguous blocks (:func:`pruning.surgery.channel_groups`).
 For such a layer the kept count ``k`` (from the rule above, or from the global ranking) is rounded **up** to
-a multiple of G, and each block keeps its ``k / G`` highest scores (ties: lower index).
+a multiple of ``lcm(G, round_to)``, so that ``round_to`` still holds; where that would keep every filter, to a
+multiple of G alone (logged: ``round_to`` is then not met for that layer).  Each block keeps its ``k / G``
+highest scores (ties: lower index).
 
 The plan lists kept indices sorted ascending; it is plain JSON-serialisable data.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Dict, List, Mapping, Union
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _check_scores(scores: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -91,7 +96,15 @@ def select_filters(scores: Mapping[str, torch.Tensor], ratio: Union[float, Mappi
     blocks = _check_groups(scores, groups)
     plan = _select(scores, ratio, round_to, min_keep, global_ranking)
     for name, g in blocks.items():
-        plan[name] = _top_balanced(scores[name], len(plan[name]), g)
+        n = scores[name].numel()
+        # the kept count rounded up to a multiple of both G and round_to (capped at the layer's width)
+        step = math.lcm(g, round_to)
+        k = step * math.ceil(len(plan[name]) / step)
+        if k >= n and len(plan[name]) < n and step > g:  # lcm rounding would prune nothing: G alone
+            log.warning("%s: keeping a multiple of both its %d channel groups and round_to=%d would keep all %d "
+                        "filters; kept a multiple of %d instead", name, g, round_to, n, g)
+            k = g * math.ceil(len(plan[name]) / g)
+        plan[name] = _top_balanced(scores[name], min(n, k), g)
     return plan
 
 

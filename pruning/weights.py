@@ -39,6 +39,7 @@ read.  :meth:`WeightsSource.label` is the short form a leaderboard shows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -100,6 +101,9 @@ def check_timm_model(model: str) -> str:
     arch = timm_arch(model)
     timm = _import_timm(model)
     base = arch.split(".", 1)[0]
+    if "@" in arch:
+        raise ValueError(f"{model!r}: a hub revision (@...) in a timm model name is not supported; name the "
+                         "model and its tag (timm/resnet50.a1_in1k), or give the weights file of that revision")
     if not arch or not timm.is_model(base):
         near = timm.list_models(f"*{base[:6]}*")[:12] if base else []
         raise ValueError(f"timm has no model {arch!r} (from {model!r}); "
@@ -161,7 +165,7 @@ def is_weight_name(model: str, spec) -> bool:
     if timm_arch(model) is not None:
         check_timm_model(model)
         return _timm_full_name(model, spec) is not None or spec == DEFAULT
-    return spec == DEFAULT or _torchvision_entry(model, spec) is not None
+    return _torchvision_entry(model, spec) is not None
 
 
 def canonical_name(model: str, spec):
@@ -175,7 +179,7 @@ def canonical_name(model: str, spec):
         full = _timm_full_name(model, spec)
         return spec if full is None else f"timm/{full}"
     entry = _torchvision_entry(model, spec)
-    return f"{type(entry).__name__}.{entry.name}"
+    return spec if entry is None else f"{type(entry).__name__}.{entry.name}"
 
 
 @dataclass(frozen=True)
@@ -239,27 +243,44 @@ def torchvision_cache_file(entry) -> Path:
 
 
 def download(url: str, dest: Path, hash_prefix: str | None = None, timeout: float = TIMEOUT_S) -> None:
-    """Fetch ``url`` into ``dest`` (``dest.partial`` then renamed; never a half file at ``dest``), every
+    """Fetch ``url`` into ``dest`` (a ``dest.*.partial`` of this process, then renamed: never a half file at
+    ``dest``, and concurrent downloads of the same file do not disturb each other), every
     network operation bounded by ``timeout`` seconds; with ``hash_prefix``, the file's sha256 must start with
     it (torch.hub's check).  ``OSError`` (``urllib.error.URLError``, ``TimeoutError``) or ``ValueError`` on
     failure."""
+    import http.client
+    import tempfile
+
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".partial")
+    # a file of its own per process (as torch.hub does): concurrent downloads of one file (DDP ranks, array
+    # tasks sharing a cache) each rename a complete copy onto dest, never write into each other's
+    fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
+    os.close(fd)
+    part = Path(name)
     h = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
+        with contextlib.ExitStack() as stack:
+            try:
+                resp = stack.enter_context(urllib.request.urlopen(url, timeout=timeout))
+            except http.client.HTTPException as exc:  # a malformed answer (a broken proxy, a captive portal)
+                raise OSError(f"bad HTTP answer from {url}: {type(exc).__name__}: {exc}") from None
+            f = stack.enter_context(open(part, "wb"))
             total = resp.headers.get("Content-Length")
             with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=dest.name,
                       disable=None) as bar:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    f.write(block)
-                    h.update(block)
-                    bar.update(len(block))
+                try:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        f.write(block)
+                        h.update(block)
+                        bar.update(len(block))
+                except http.client.HTTPException as exc:  # IncompleteRead: the connection was cut
+                    raise OSError(f"the download from {url} was cut short: {type(exc).__name__}") from None
         if hash_prefix and not h.hexdigest().startswith(hash_prefix):
             raise ValueError(f"the file downloaded from {url} has sha256 {h.hexdigest()[:12]}..., not the "
                              f"{hash_prefix} its name promises; try again")
+        os.chmod(part, 0o644)  # mkstemp's 0600 would keep a shared cache's file from its other users
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
@@ -290,7 +311,8 @@ def _resolve_torchvision(model: str, entry) -> WeightsSource:
 
 def _hf_cache_dir() -> Path:
     from huggingface_hub import constants
-    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or constants.HF_HOME) / "hub")
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    return Path(explicit or Path(os.environ.get("HF_HOME") or constants.HF_HOME) / "hub")
 
 
 def _hf_cached(repo: str, revision: str | None, filename: str) -> str | None:
@@ -351,6 +373,11 @@ def resolve_weights(model: str, spec) -> WeightsSource:
             full = _timm_full_name(model, text)
             if full is not None:
                 return _resolve_timm(model, full)
+            tag = timm_arch(model).partition(".")[2]
+            if tag and text in _timm_tags(timm_arch(model)):
+                raise ValueError(f"weights {text!r} conflict with the tag {tag!r} in the model name {model!r}: "
+                                 f"give the architecture without a tag (timm/{timm_arch(model).split('.')[0]}) "
+                                 f"and weights {text!r}, or weights {DEFAULT!r}")
             if text == DEFAULT:
                 raise ValueError(f"timm model {model!r} has no pretrained weights (timm.list_pretrained is empty "
                                  "for it); give a weights file, or none")

@@ -128,9 +128,11 @@ def make_model(name: str, num_classes: int = 1000, weights=None, seed: int | Non
     if seed is not None:
         torch.manual_seed(seed)
     arch = timm_arch(name)
+    family = "timm" if arch is not None else ("own" if name in _FACTORIES else "torchvision")
+    if source.kind not in ("random", "file") and source.kind != family:
+        raise ValueError(f"weights {source.name or source.kind!r} ({source.kind}) are not weights of {family} "
+                         f"model {name!r}; give this model's weight name, a state_dict file, or none")
     if name in _FACTORIES:
-        if source.kind not in ("random", "file"):
-            raise ValueError(f"model {name!r} has no named weights; give a state_dict file")
         model = _FACTORIES[name](num_classes)
     elif arch is not None:
         model = _timm_model(name, arch, num_classes, source)

@@ -117,3 +117,23 @@ def test_measure_latency_on_cuda_uses_events():
     row = pruning.measure_latency(TinyVGG(), (3, 32, 32), batch_size=8, device="cuda", dtype=torch.bfloat16,
                                   channels_last=True, warmup=2, repeats=5)
     assert row["median_ms"] > 0 and row["dtype"] == "bfloat16" and row["channels_last"]
+
+
+@pytest.mark.parametrize("n,g,ratio,round_to,expected", [
+    (144, 9, 0.4, 8, 90),    # lcm(9, 8) = 72 would keep all 144: a multiple of 9 alone (logged)
+    (144, 9, 0.9, 8, 72),    # 16 -> 72: a multiple of both 9 and 8
+    (128, 16, 0.3, 8, 96),   # 90 -> round_to 96 -> lcm 16: 96
+    (128, 16, 0.5, 1, 64),
+    (96, 3, 0.25, 4, 72),    # 72 is a multiple of lcm(3, 4) = 12
+])
+def test_grouped_layers_keep_a_multiple_of_the_groups_and_of_round_to_where_possible(n, g, ratio, round_to, expected):
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(n + g))
+    keep = pruning.select_filters({"x": scores}, ratio, round_to=round_to, groups={"x": g})["x"]
+    assert len(keep) == expected and len(keep) % g == 0
+    size = n // g
+    per_block = [sum(1 for i in keep if b * size <= i < (b + 1) * size) for b in range(g)]
+    assert per_block == [expected // g] * g
+    for b in range(g):  # each block keeps its own best scores
+        block = scores[b * size:(b + 1) * size]
+        kept = sorted(i - b * size for i in keep if b * size <= i < (b + 1) * size)
+        assert set(kept) == set(torch.argsort(block, descending=True, stable=True)[: expected // g].tolist())

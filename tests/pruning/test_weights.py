@@ -76,9 +76,35 @@ def test_resnet50_default_is_the_entry_torchvision_defaults_to():
     assert W.canonical_name("resnet50", "IMAGENET1K_V1") == "ResNet50_Weights.IMAGENET1K_V1"
     assert W.canonical_name("resnet50", "resnet50.pth") == "resnet50.pth"  # a file, left as written
     assert W.is_weight_name("vgg16", "IMAGENET1K_FEATURES") and not W.is_weight_name("vgg16", "IMAGENET1K_V9")
-    # DEFAULT is always taken as a name (never a file beside the config), and says so for a model without any
+    # DEFAULT for a model without named weights: no name, so a grid expands (the file is reported missing
+    # by validation), and the library says what DEFAULT cannot mean
+    assert not W.is_weight_name("tinyvgg", "DEFAULT") and W.canonical_name("tinyvgg", "DEFAULT") == "DEFAULT"
     with pytest.raises(ValueError, match="no torchvision weight enum"):
         W.resolve_weights("tinyvgg", "DEFAULT")
+
+
+def test_default_for_a_model_without_weights_expands_and_is_refused_by_validation(tmp_path):
+    from benchmark.config import parse_config
+    from benchmark.grid import expand_grid
+    from benchmark.resolve import CellEnv
+    from benchmark.validate import grid_problems
+
+    cfg = parse_config({"name": "d", "data": {"full": "full"}, "model": {"name": "tinyvgg", "weights": "DEFAULT"},
+                        "grid": [{"criterion": ["l1"], "ratio": [0.5]}]}, "d.toml")
+    cells = expand_grid(cfg)
+    problems = grid_problems(cfg, cells, CellEnv(results_dir=str(tmp_path), data_root=str(tmp_path)))
+    text = " ".join(p for found in problems.values() for p in found)
+    assert f"weights file {tmp_path / 'DEFAULT'} not found" in text
+
+
+def test_weights_of_another_family_or_a_conflicting_tag_are_refused(tmp_path):
+    src = W.WeightsSource("timm", "timm/resnet18.a1_in1k", tmp_path / "x.safetensors", 1000)
+    with pytest.raises(ValueError, match="are not weights of torchvision model 'resnet18'"):
+        make_model("resnet18", 1000, weights=src)
+    with pytest.raises(ValueError, match="conflict with the tag 'a1_in1k'"):
+        W.resolve_weights("timm/resnet18.a1_in1k", "a2_in1k")
+    with pytest.raises(ValueError, match="revision"):
+        W.resolve_weights("timm/resnet18.a1_in1k@main", "DEFAULT")
 
 
 def test_offline_without_the_file_names_the_exact_file_and_folder(torch_home):
@@ -109,7 +135,7 @@ def test_an_unknown_name_is_a_missing_file_listing_the_names(tmp_path):
         W.resolve_weights("vgg16", "IMAGENET1K_V7")
     text = str(exc.value)
     assert "IMAGENET1K_V1" in text and "IMAGENET1K_FEATURES" in text and "no such file" in text
-    with pytest.raises(ValueError, match="no named weights"):
+    with pytest.raises(ValueError, match="are not weights of own model 'tinyvgg'"):
         make_model("tinyvgg", 10, weights=W.WeightsSource("torchvision", "X", tmp_path))
 
 
@@ -147,6 +173,59 @@ def test_the_download_is_checked_against_the_hash_in_the_name_and_never_half_wri
         assert not bad.exists() and list(bad.parent.iterdir()) == []
     finally:
         server.shutdown()
+
+
+class _Slow(_Files):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        for i in range(0, len(self.body), 1 << 18):  # trickles, so the two downloads overlap
+            self.wfile.write(self.body[i:i + (1 << 18)])
+            time.sleep(0.05)
+
+
+def test_two_processes_downloading_one_file_both_end_with_the_whole_file(tmp_path):
+    import multiprocessing
+
+    body = os.urandom(4 << 20)
+    digest = hashlib.sha256(body).hexdigest()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("S", (_Slow,), {"body": body}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest = tmp_path / f"w-{digest[:8]}.pth"
+    url = f"http://127.0.0.1:{server.server_address[1]}/{dest.name}"
+    try:
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=W.download, args=(url, dest, digest[:8])) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+        assert [f.name for f in tmp_path.iterdir()] == [dest.name]  # no partial file left behind
+    finally:
+        server.shutdown()
+
+
+def test_a_malformed_http_answer_is_an_oserror(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"garbage\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(OSError, match="bad HTTP answer"):
+            W.download(f"http://127.0.0.1:{listener.getsockname()[1]}/x.pth", tmp_path / "x.pth", timeout=5.0)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        listener.close()
 
 
 def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path):
