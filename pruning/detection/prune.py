@@ -50,8 +50,8 @@ from ..select import select_filters
 from ..surgery import apply_plan, current_plan
 from .evaluate import evaluate_detector
 from .io import detector_doc, save_detector
-from .train import (DetTrainConfig, IterationData, LossWindow, _set_epoch, config_from_dict, lr_at,
-                    make_optimizer, numbers_config, prepare_run_dir, train_step)
+from .train import (RECIPE_FIELDS, DetTrainConfig, IterationData, LossWindow, SGDRecipe, _set_epoch,
+                    config_from_dict, lr_at, make_optimizer, numbers_config, prepare_run_dir, train_step)
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,13 @@ ORDERS = ("last_to_first", "first_to_last", "given")
 #: Statistics passes a detector cannot serve without the detection loss.
 LOSS_PASSES = ("per_image_grad", "batch_grad", "masks")
 SCORE_BATCH = 8
-_TRAIN_FIELDS = ("lr", "momentum", "weight_decay", "steps", "gamma", "warmup_iters", "warmup_factor", "batch_size",
-                 "accum_steps", "bias_lr_factor", "bias_weight_decay", "checkpoint_every", "log_every")
 
 
 @dataclass(frozen=True)
-class DetPruneConfig:
-    """Everything that determines a direct-prune run (module docstring).  The fine-tuning fields mean
-    what they mean in :class:`~pruning.detection.train.DetTrainConfig` (checked by it)."""
+class DetPruneConfig(SGDRecipe):
+    """Everything that determines a direct-prune run (module docstring).  The fine-tuning fields
+    (:class:`~pruning.detection.train.SGDRecipe`) mean what they mean in
+    :class:`~pruning.detection.train.DetTrainConfig` (checked by it)."""
 
     criterion: str
     ratio: float
@@ -79,19 +78,6 @@ class DetPruneConfig:
     score_size: int | None = None
     round_to: int = 1
     min_keep: int = 1
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    steps: tuple[int, ...] = ()
-    gamma: float = 0.1
-    warmup_iters: int = 0
-    warmup_factor: float = 1e-3
-    batch_size: int = 1
-    accum_steps: int = 1
-    bias_lr_factor: float = 2.0
-    bias_weight_decay: float = 0.0
-    checkpoint_every: int = 1000
-    log_every: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -130,7 +116,7 @@ class DetPruneConfig:
 
     def finetune(self, iterations: int, final: bool) -> DetTrainConfig:
         """The :class:`DetTrainConfig` of a phase: a layer step's (constant ``lr``) or the final one's."""
-        fields = {k: getattr(self, k) for k in _TRAIN_FIELDS}
+        fields = {k: getattr(self, k) for k in RECIPE_FIELDS}
         if not final:
             fields.update(steps=(), warmup_iters=0)
         return DetTrainConfig(iterations=max(1, iterations), seed=self.seed, **fields)

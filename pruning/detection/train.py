@@ -50,19 +50,12 @@ _KINDS = {"iterations": _INT, "lr": _NUM, "momentum": _NUM, "weight_decay": _NUM
           "bias_lr_factor": _NUM, "bias_weight_decay": _NUM}
 
 
-@dataclass(frozen=True)
-class DetTrainConfig:
-    """Everything that determines the weights of one detector training run (module docstring).
+@dataclass(frozen=True, kw_only=True)
+class SGDRecipe:
+    """The SGD recipe of a detector training phase (keyword-only fields, shared by :class:`DetTrainConfig` and
+    :class:`pruning.detection.prune.DetPruneConfig`, whose fine-tuning phases are ``DetTrainConfig`` s built
+    from these fields): py-faster-rcnn's values by default (see :class:`DetTrainConfig`)."""
 
-    The defaults are py-faster-rcnn's VGG16 end2end solver (``models/pascal_voc/VGG16/faster_rcnn_end2end``)
-    except ``iterations`` (70000 there, with ``steps=(50000,)``): lr 0.001, momentum 0.9, weight decay
-    5e-4, 1 image per iteration, biases at 2x lr without weight decay.  ``checkpoint_every`` and
-    ``log_every`` are in iterations; ``eval_every`` (None = only after the last iteration, when val data
-    is given) evaluates val mAP for model selection; ``select`` keeps the ``last`` weights or those of the
-    ``best`` val mAP07 (ties: the earlier evaluation).
-    """
-
-    iterations: int
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -76,6 +69,25 @@ class DetTrainConfig:
     bias_weight_decay: float = 0.0
     checkpoint_every: int = 1000
     log_every: int = 20
+
+
+#: The names of :class:`SGDRecipe`'s fields.
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(SGDRecipe))
+
+
+@dataclass(frozen=True)
+class DetTrainConfig(SGDRecipe):
+    """Everything that determines the weights of one detector training run (module docstring).
+
+    The defaults are py-faster-rcnn's VGG16 end2end solver (``models/pascal_voc/VGG16/faster_rcnn_end2end``)
+    except ``iterations`` (70000 there, with ``steps=(50000,)``): lr 0.001, momentum 0.9, weight decay
+    5e-4, 1 image per iteration, biases at 2x lr without weight decay.  ``checkpoint_every`` and
+    ``log_every`` are in iterations; ``eval_every`` (None = only after the last iteration, when val data
+    is given) evaluates val mAP for model selection; ``select`` keeps the ``last`` weights or those of the
+    ``best`` val mAP07 (ties: the earlier evaluation).
+    """
+
+    iterations: int
     eval_every: int | None = None
     select: str = "last"
     seed: int = 0
