@@ -104,15 +104,21 @@ class Cell:
     @property
     def id(self) -> str:
         """Readable and unique: ``<model>-<class_set>-<kind>-<criterion>-r<ratio>-s<seed>-<hash8>``."""
-        crit = "unpruned" if self.is_baseline else self.criterion or NO_CRITERION
-        pct = f"{self.ratio * 100:g}"
-        model = self.model.replace("/", "-").replace(":", "-")  # timm/<name>: one folder name
-        return f"{model}-{self.class_set}-{self.kind}-{crit}-r{pct}-s{self.seed}-{self.hash[:8]}"
+        return cell_name(self.model, f"{self.class_set}-{self.kind}", self.criterion, self.is_baseline, self.ratio,
+                         self.seed, self.hash)
 
     def to_dict(self) -> dict:
         d = self.identity()
         d["id"], d["hash"] = self.id, self.hash
         return d
+
+
+def cell_name(model: str, middle: str, criterion, baseline: bool, ratio: float, seed: int, hash_: str) -> str:
+    """A cell's folder name, ``<model>-<middle>-<criterion>-r<ratio %>-s<seed>-<hash8>`` (classification and
+    detection cells alike): ``unpruned`` for a baseline, ``timm/<name>`` spelt ``timm-<name>``."""
+    crit = "unpruned" if baseline else criterion or NO_CRITERION
+    model = model.replace("/", "-").replace(":", "-")  # one folder name
+    return f"{model}-{middle}-{crit}-r{ratio * 100:g}-s{seed}-{hash_[:8]}"
 
 
 def _hashable(v):

@@ -16,7 +16,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from ..grid import NO_CRITERION, PRUNE_ONLY, _canon, identity_hash
+from ..grid import NO_CRITERION, PRUNE_ONLY, _canon, cell_name, identity_hash
 from .config import CELL_KEYS, DetectionConfig, prune_config, train_config
 from .upstream import find_upstream, upstream_config
 
@@ -71,8 +71,8 @@ class DetCell:
 
     @property
     def id(self) -> str:
-        crit = "unpruned" if self.is_baseline else self.criterion or NO_CRITERION
-        return f"{self.model}-voc-{self.kind}-{self.upstream}-{crit}-r{self.ratio * 100:g}-s{self.seed}-{self.hash[:8]}"
+        return cell_name(self.model, f"voc-{self.kind}-{self.upstream}", self.criterion, self.is_baseline, self.ratio,
+                         self.seed, self.hash)
 
     def to_dict(self) -> dict:
         d = self.identity()
