@@ -165,25 +165,27 @@ def options_shard_mode(options: dict) -> str:
     return AUTO if options.get("shard_counts") == AUTO else "fixed"
 
 
-def shard_layout(options: dict) -> str:
-    """How recorded ``options`` cut the splits into shards, in words (for messages)."""
+def _layout(options: dict) -> tuple[str, str]:
+    """``(the shard layout of recorded options in words, what to do on the command line to get it)``."""
     mode = options_shard_mode(options)
     if mode == "count":
-        return f"--shards-per-split {options.get('shards_per_split')}"
+        flags = f"--shards-per-split {options.get('shards_per_split')}"
+        return flags, f"pass {flags}"
     if mode == AUTO:
-        return "automatic shard counts"
-    return (f"fixed shard sizes --shard-size {options.get('shard_size')} "
-            f"--eval-shard-size {options.get('eval_shard_size')}")
+        return ("automatic shard counts",
+                "leave out --shard-size, --eval-shard-size and --shards-per-split (automatic shard counts)")
+    flags = f"--shard-size {options.get('shard_size')} --eval-shard-size {options.get('eval_shard_size')}"
+    return f"fixed shard sizes {flags}", f"pass {flags}"
+
+
+def shard_layout(options: dict) -> str:
+    """How recorded ``options`` cut the splits into shards, in words (for messages)."""
+    return _layout(options)[0]
 
 
 def shard_resume_hint(options: dict) -> str:
     """What to do on the ``build-imagenet52p`` command line to get the shard layout of ``options``."""
-    mode = options_shard_mode(options)
-    if mode == "count":
-        return f"pass --shards-per-split {options.get('shards_per_split')}"
-    if mode == AUTO:
-        return "leave out --shard-size, --eval-shard-size and --shards-per-split (automatic shard counts)"
-    return f"pass --shard-size {options.get('shard_size')} --eval-shard-size {options.get('eval_shard_size')}"
+    return _layout(options)[1]
 
 
 def build_identity(cfg: BuildConfig, class_set_sha256: str, layout: str) -> dict:
