@@ -29,6 +29,12 @@ def _get(doc: dict, *keys):
     return doc
 
 
+def _without_seed(opts: dict) -> dict:
+    """``opts`` with ``seed`` dropped from its option groups (``train``, ``prune``)."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "seed"} if isinstance(v, dict) else v)
+            for k, v in opts.items()}
+
+
 def read_detection_run(d: Path, cell: dict, state: str, read_json) -> dict:
     """One flat row for the detection run in ``d`` (module docstring)."""
     c = cell.get("cell", {})
@@ -41,8 +47,9 @@ def read_detection_run(d: Path, cell: dict, state: str, read_json) -> dict:
            "class_set_name": None, "device": cell.get("device"), "error": None,
            "upstream": _get(c, "upstream", "config"), "upstream_cell": _get(c, "upstream", "cell"),
            "source_hash": c.get("source"),
-           # the table a row belongs to: every option but criterion/ratio/seed (benchmark.leaderboard)
-           "loop": {"upstream": _get(c, "upstream", "config"), **opts}}
+           # the table a row belongs to: every option but criterion/ratio/seed (benchmark.leaderboard); a plug-in
+           # cell's detector training holds its seed too, left out here so that seeds are averaged, not tabled
+           "loop": {"upstream": _get(c, "upstream", "config"), **_without_seed(opts)}}
     if state == "failed":
         err = read_json(d / "error.json")
         row["error"] = f"{err.get('type')}: {err.get('message')}"

@@ -81,3 +81,23 @@ def test_bad_detection_configs_are_refused_naming_the_key(change, message):
     with pytest.raises(ValueError) as e:
         expand_grid(parse_config(d, "t6.toml"))
     assert message in str(e.value) and str(e.value).startswith("t6.toml"), str(e.value)
+
+
+def test_a_plugin_tables_seeds_are_averaged_not_split(tmp_path):
+    """Each seed of a plug-in cell trains its detector with that seed (in the cell's options); the leaderboard
+    still puts the seeds of one criterion x ratio in one entry: table5 is one table, n = 3 everywhere."""
+    import json
+
+    from benchmark.detection.grid import expand_detection_grid
+    from benchmark.leaderboard import build_leaderboard
+
+    cells = expand_detection_grid(load_config("table5"))
+    for i, c in enumerate(cells):
+        d = tmp_path / c.id
+        d.mkdir()
+        (d / "cell.json").write_text(json.dumps(c.to_dict()))
+        (d / "summary.json").write_text(json.dumps({"test": {"map07": 0.5 + 0.001 * i, "map10": 0.5}}))
+    board = build_leaderboard(tmp_path)
+    (table,) = board["tables"]
+    assert table["baseline"]["n"] == 3 and {e["n"] for e in table["entries"]} == {3}
+    assert len(table["entries"]) == 7 * 3  # 7 criteria x 3 ratios, each the mean of its 3 seeds
