@@ -328,29 +328,12 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
     """Run this task's cells (module docstring); returns ``{state: count}`` over them afterwards."""
     from tqdm.auto import tqdm
 
-    from .validate import refuse_invalid
-
     out = Path(env.results_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a results folder (it is created)")
-    if cfg.task == "detection" and nproc_per_node > 1:
-        raise ValueError(f"{cfg.source}: --nproc-per-node {nproc_per_node}: detection cells train on one device "
-                         "(docs/detection.md); spread a detection grid with --task-index/--num-tasks instead")
+    check_out(out)
     grid = expand_grid(cfg)  # once per run: the task's share and the config's record both come from it
     # plug-in cells run before the direct cells that prune their detectors (stable: id order otherwise)
     cells = sorted(partition(grid, task_index, num_tasks), key=lambda c: getattr(c, "order", 0))
-    check_record(cfg, out, sorted(c.id for c in grid))  # read only: before anything is written
-    # done cells are not run again: a moved build or weights file of theirs is no reason to refuse the others
-    refuse_invalid(cfg, [c for c in cells if cell_state(out / c.id) != "done"], env)
-    if not resume:
-        refuse_partial(cfg, cells, out)
-    make_results_dir(out)
-    check_builds_unchanged(cfg, cells, env)
-    for cell in cells if nproc_per_node > 1 else ():
-        try:  # a global batch that does not split over the GPUs: refused before any work (pretraining included)
-            cell.loop_config.micro_batch(nproc_per_node)
-        except ValueError as e:
-            raise ValueError(f"{cfg.source}: cell {cell.id} with --nproc-per-node {nproc_per_node}: {e}") from None
+    preflight(cfg, env, grid, cells, nproc_per_node, resume)
     write_experiment(cfg, out, grid)
     version = code_version()
     counts = {"done": 0, "failed": 0, "partial": 0, "pending": 0}
@@ -359,6 +342,36 @@ def run_grid(cfg: ExperimentConfig, env: CellEnv, task_index: int = 0, num_tasks
         state = run_one(cfg, cell, env, resume, version, nproc_per_node)
         counts[state] = counts.get(state, 0) + 1
     return counts
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a results folder (it is created)")
+
+
+def preflight(cfg: ExperimentConfig, env: CellEnv, grid: list[Cell], cells: list[Cell], nproc_per_node: int = 1,
+              resume: bool = True) -> None:
+    """Every check before any work, for ``cells`` (a task's share for ``run``, the whole grid for ``submit``);
+    raises ValueError naming the problem, and creates the results folder only when all pass."""
+    from .validate import refuse_invalid
+
+    out = Path(env.results_dir)
+    check_out(out)
+    if cfg.task == "detection" and nproc_per_node > 1:
+        raise ValueError(f"{cfg.source}: --nproc-per-node {nproc_per_node}: detection cells train on one device "
+                         "(docs/detection.md); spread a detection grid with --task-index/--num-tasks instead")
+    check_record(cfg, out, sorted(c.id for c in grid))  # read only: before anything is written
+    # done cells are not run again: a moved build or weights file of theirs is no reason to refuse the others
+    refuse_invalid(cfg, [c for c in cells if cell_state(out / c.id) != "done"], env)
+    if not resume:
+        refuse_partial(cfg, cells, out)
+    check_builds_unchanged(cfg, cells, env)
+    for cell in cells if nproc_per_node > 1 else ():
+        try:  # a global batch that does not split over the GPUs: refused before any work (pretraining included)
+            cell.loop_config.micro_batch(nproc_per_node)
+        except ValueError as e:
+            raise ValueError(f"{cfg.source}: cell {cell.id} with --nproc-per-node {nproc_per_node}: {e}") from None
+    make_results_dir(out)
 
 
 def refuse_partial(cfg: ExperimentConfig, cells: list[Cell], out: Path) -> None:

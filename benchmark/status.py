@@ -52,8 +52,28 @@ def _pid_alive(pid: str) -> bool:
         return True
 
 
-def job_state(submission: dict, job_id: str) -> str:
-    """The state of one job of a recorded submission (module docstring)."""
+def _slurm_jobs(submissions: list[dict]) -> dict:
+    """``{job id: submitit.SlurmJob}`` of every SLURM job recorded, all made before any state is read:
+    submitit's watcher then asks ``sacct`` once for all of them (making a job resets the watcher's clock, so
+    making and reading one job at a time would run ``sacct`` once per job)."""
+    import submitit
+
+    if shutil.which("sacct") is None:
+        return {}
+    jobs = {}
+    for sub in submissions:
+        if sub.get("executor") == "slurm":
+            for j in sub["jobs"]:
+                try:
+                    jobs[j["job_id"]] = submitit.SlurmJob(folder=Path(sub["folder"]), job_id=j["job_id"])
+                except Exception:  # noqa: BLE001 - job_state reports it
+                    pass
+    return jobs
+
+
+def job_state(submission: dict, job_id: str, slurm_job=None) -> str:
+    """The state of one job of a recorded submission (module docstring); ``slurm_job``: its
+    ``submitit.SlurmJob`` from :func:`_slurm_jobs`, when made already."""
     import submitit
     from submitit.core.utils import JobPaths, pickle_load
 
@@ -62,7 +82,7 @@ def job_state(submission: dict, job_id: str) -> str:
         if shutil.which("sacct") is None:
             return "UNKNOWN (no sacct on this machine)"
         try:
-            return submitit.SlurmJob(folder=folder, job_id=job_id).state
+            return (slurm_job or submitit.SlurmJob(folder=folder, job_id=job_id)).state
         except Exception as e:  # noqa: BLE001 - sacct errors of every kind: shown, not fatal
             return f"UNKNOWN ({type(e).__name__})"
     result = JobPaths(folder, job_id, 0).result_pickle
@@ -87,11 +107,11 @@ def grid_status(results: str | Path, config: str | None = None) -> dict:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     jobs = []
-    for sub in read_jobs(results):
-        if record and sub.get("config") != record.get("name"):
-            continue
+    subs = [sub for sub in read_jobs(results) if not record or sub.get("config") == record.get("name")]
+    slurm = _slurm_jobs(subs)
+    for sub in subs:
         for j in sub["jobs"]:
             jobs.append({"task_index": j["task_index"], "num_tasks": sub["num_tasks"], "job_id": j["job_id"],
-                         "executor": sub["executor"], "state": job_state(sub, j["job_id"]),
+                         "executor": sub["executor"], "state": job_state(sub, j["job_id"], slurm.get(j["job_id"])),
                          "log": str(JobPaths(Path(sub["folder"]), j["job_id"], 0).stdout)})
     return {"config": record.get("name"), "results": str(results), "cells": rows, "counts": counts, "jobs": jobs}

@@ -63,8 +63,10 @@ class GridTask(submitit.helpers.Checkpointable):
     """One share of a grid, as a picklable callable: ``GridTask(cfg, env, N)(i)`` runs task ``i`` of ``N``
     with ``resume=True`` and returns its ``{state: count}``."""
 
-    def __init__(self, cfg: ExperimentConfig, env: CellEnv, num_tasks: int, threads: int | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, env: CellEnv, num_tasks: int, threads: int | None = None,
+                 nproc_per_node: int = 1) -> None:
         self.cfg, self.env, self.num_tasks, self.threads = cfg, env, num_tasks, threads
+        self.nproc_per_node = nproc_per_node  # each cell under torchrun on the task's GPUs when > 1
 
     def __call__(self, task_index: int) -> dict[str, int]:
         from .runner import run_grid
@@ -73,7 +75,8 @@ class GridTask(submitit.helpers.Checkpointable):
             import torch
             torch.set_num_threads(self.threads)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return run_grid(self.cfg, self.env, task_index=task_index, num_tasks=self.num_tasks, resume=True)
+        return run_grid(self.cfg, self.env, task_index=task_index, num_tasks=self.num_tasks, resume=True,
+                        nproc_per_node=self.nproc_per_node)
 
     def checkpoint(self, task_index: int) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on preemption / timeout: the same task again (its cells resume from their
@@ -81,16 +84,12 @@ class GridTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, task_index)
 
 
-def validate_submission(cfg: ExperimentConfig, env: CellEnv, num_tasks: int) -> None:
-    """The checks ``run`` makes before any work, for every share at once; raises ValueError naming the
-    problem.  Writes nothing (the results folder is only probed for being writable)."""
-    from .results import cell_state
-    from .runner import check_builds_unchanged, check_record, make_results_dir
-    from .validate import refuse_invalid
+def validate_submission(cfg: ExperimentConfig, env: CellEnv, num_tasks: int, nproc_per_node: int = 1) -> None:
+    """The checks ``run`` makes before any work (:func:`benchmark.runner.preflight`), for every share at once;
+    raises ValueError naming the problem.  Writes nothing but the results folder."""
+    from .runner import check_out, preflight
 
-    out = Path(env.results_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a results folder (it is created)")
+    check_out(Path(env.results_dir))
     if num_tasks < 1:
         raise ValueError(f"--tasks {num_tasks}: give at least 1")
     grid = expand_grid(cfg)
@@ -98,10 +97,7 @@ def validate_submission(cfg: ExperimentConfig, env: CellEnv, num_tasks: int) -> 
     if num_tasks > len(grid):
         raise ValueError(f"--tasks {num_tasks}: {cfg.source} has {len(grid)} cells, so {num_tasks - len(grid)} "
                          f"task(s) would have nothing to do; give --tasks {len(grid)} or fewer")
-    check_record(cfg, out, sorted(c.id for c in grid))
-    refuse_invalid(cfg, [c for c in grid if cell_state(out / c.id) != "done"], env)
-    check_builds_unchanged(cfg, grid, env)  # as `run`: done/partial cells computed on other class lists
-    make_results_dir(out)
+    preflight(cfg, env, grid, grid, nproc_per_node)
 
 
 def make_executor(opts: SubmitOptions, folder: Path):
@@ -171,10 +167,11 @@ def submit_grid(cfg: ExperimentConfig, env: CellEnv, opts: SubmitOptions) -> lis
     appends the submission to ``RESULTS/submitit/jobs.json``."""
     out = Path(env.results_dir)
     indices = task_indices(opts)
-    validate_submission(cfg, env, opts.tasks)
+    nproc = max(1, opts.gpus_per_task)  # a task's GPUs all work: its cells run under torchrun on them
+    validate_submission(cfg, env, opts.tasks, nproc)
     folder = Path(opts.logs) if opts.logs else out / SUBMIT_DIR
     executor = make_executor(opts, folder)
-    task = GridTask(cfg, env, opts.tasks, opts.threads)
+    task = GridTask(cfg, env, opts.tasks, opts.threads, nproc)
     with _quiet_controllers(folder, opts.executor == "local"):
         if opts.executor == "local" and opts.gpus_per_task > 0 and local_gpus():
             jobs = []  # one job per task, each on its own GPUs (submitit would give every job GPU 0..G-1)

@@ -121,6 +121,17 @@ def test_a_bad_config_submits_nothing(tiny, tmp_path):
     assert not (tmp_path / "r" / "submitit").exists()
 
 
+def test_gpus_per_task_are_the_tasks_ddp_ranks_checked_as_run_checks_them(tiny, tmp_path):
+    """--gpus-per-task G runs each cell on G ranks (run --nproc-per-node G), so submit makes run's DDP checks up
+    front: a detection grid, which trains on one device, and a global batch that does not split are refused."""
+    res = _invoke("submit", "detect_demo", "--out", tmp_path / "d", "--executor", "local", "--gpus-per-task", "2")
+    assert res.exit_code == 2 and "--nproc-per-node 2: detection cells train on one device" in res.output, res.output
+    res = _invoke("submit", tiny / "tiny.toml", "--out", tmp_path / "r", "--executor", "local", "--gpus-per-task",
+                  "3", *_common(tiny))
+    assert res.exit_code == 2 and "with --nproc-per-node 3" in res.output, res.output
+    assert not (tmp_path / "r" / "submitit").exists() and not (tmp_path / "d").exists()
+
+
 def test_status_of_a_missing_folder_is_a_clear_error(tmp_path):
     res = _invoke("status", tmp_path / "nope")
     assert res.exit_code == 2 and "nope" in res.output and "not found" in res.output, res.output
@@ -271,3 +282,25 @@ def test_local_tasks_get_their_own_gpus_and_too_few_are_refused(monkeypatch):
         local_gpus()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert local_gpus() == []
+
+
+def test_status_asks_sacct_once_for_every_slurm_job(tmp_path, monkeypatch):
+    """`status` reads SLURM job states through submitit's own SlurmJob/watcher with a stand-in `sacct` on PATH
+    (the real command's --parsable2 output): ten recorded jobs, one sacct call, every state parsed."""
+    from benchmark.status import grid_status
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(
+        "#!/bin/sh\necho call >> " + str(calls) + "\necho 'JobID|State|NodeList'\n"
+        + "".join(f"echo '77_{i}|{'COMPLETED' if i % 2 else 'RUNNING'}|node{i}'\n" for i in range(10)))
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    results = tmp_path / "results"
+    (results / "submitit").mkdir(parents=True)
+    (results / "submitit" / "jobs.json").write_text(json.dumps({"submissions": [{
+        "config": "x", "source": "x.toml", "executor": "slurm", "folder": str(results / "submitit"),
+        "num_tasks": 10, "jobs": [{"task_index": i, "job_id": f"77_{i}"} for i in range(10)], "time": "t"}]}))
+    status = grid_status(results)
+    assert [j["state"] for j in status["jobs"]] == ["COMPLETED" if i % 2 else "RUNNING" for i in range(10)]
+    assert calls.read_text().count("call") == 1
