@@ -338,16 +338,13 @@ def submit_cmd(config, out, tasks, executor, gpus_per_task, cpus_per_task, time_
                parallelism, logs, only_tasks, device, data, data_root, upstream, weights, threads, workers,
                num_workers_old) -> None:
     """Submit CONFIG's grid as one job array of --tasks shares (each runs `run --resume` on its share)."""
-    import os
-
-    from .config import load_config
+    from .config import default_data_root, load_config
     from .resolve import CellEnv
     from .submit import SubmitOptions, submit_grid
 
     cfg = load_config(config)
     results = _results_dir(cfg, out).resolve()
-    root = data_root or os.environ.get("IMAGENET52P_DATA")
-    env = CellEnv(results_dir=str(results), data_root=str(Path(root).resolve()) if root else str(Path.cwd()),
+    env = CellEnv(results_dir=str(results), data_root=str(Path(default_data_root(data_root)).resolve()),
                   data={k: str(Path(v).resolve()) for k, v in _parse_data(data).items()}, device=device,
                   upstream={k: str(Path(v).resolve()) for k, v in _parse_data(upstream, "--upstream").items()},
                   progress=False, num_workers=workers if workers is not None else num_workers_old,

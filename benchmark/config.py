@@ -160,12 +160,14 @@ class ExperimentConfig(ConfigHead):
         return str(_resolve(str(raw), data_root))
 
 
+def default_data_root(data_root=None) -> str:
+    """``--data-root`` when given, else ``$IMAGENET52P_DATA``, else the current directory."""
+    return str(data_root) if data_root is not None else os.environ.get("IMAGENET52P_DATA", ".")
+
+
 def _resolve(raw: str, data_root) -> Path:
     p = Path(os.path.expandvars(raw)).expanduser()
-    if not p.is_absolute():
-        root = data_root if data_root is not None else os.environ.get("IMAGENET52P_DATA", ".")
-        p = Path(root) / p
-    return p
+    return p if p.is_absolute() else Path(default_data_root(data_root)) / p
 
 
 def parse_config(doc: dict, source: str = "<dict>") -> ExperimentConfig:

@@ -68,7 +68,7 @@ def _build_problem(rc: ResolvedCell, class_set: str) -> str | None:
     return None
 
 
-def _weights_problem(rc: ResolvedCell, cache: dict | None = None) -> str | None:
+def _weights_problem(rc: ResolvedCell, cache: dict) -> str | None:
     if rc.cell.kind != "prune" or rc.cell.init == "scratch":
         return None  # scratch/reduced cells and runner-trained starting models read no weights file
     try:
@@ -81,15 +81,12 @@ def _weights_problem(rc: ResolvedCell, cache: dict | None = None) -> str | None:
 
     if is_weight_name(rc.cell.model, w):  # a weight name: found in (or fetched into) its cache now, not hours later
         key = ("weights", rc.cell.model, w)  # once per grid, not once per cell
-        if cache is None or key not in cache:
+        if key not in cache:
             try:
                 rc.weights_source
-                found = None
+                cache[key] = None
             except (OSError, ValueError) as e:
-                found = str(e)
-            if cache is None:
-                return found
-            cache[key] = found
+                cache[key] = str(e)
         return cache[key]
     if not Path(w).is_file():
         return f"weights file {w} not found ([model].weights or --weights)"

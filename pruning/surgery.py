@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
@@ -226,11 +227,6 @@ def _prune(graph: tp.DependencyGraph, group) -> None:
         _prune_grouped_in(conv, idxs)
 
 
-def _lcm(a: int, b: int) -> int:
-    import math
-    return a * b // math.gcd(a, b)
-
-
 def _balance_of(graph: tp.DependencyGraph, conv: nn.Conv2d) -> int:
     """Number of equal contiguous blocks of ``conv``'s filters that a removal must hit evenly (module doc)."""
     group = pruning_group(graph, conv, list(range(conv.out_channels)))
@@ -242,7 +238,7 @@ def _balance_of(graph: tp.DependencyGraph, conv: nn.Conv2d) -> int:
         if [int(i) for i in idxs] != list(range(conv.out_channels)):
             raise ValueError(f"{graph._module2name[conv]!r} reaches the grouped conv {graph._module2name[target]!r} "
                              "through an index remapping (concatenation/split): not supported; leave it unpruned")
-        blocks = _lcm(blocks, target.groups)
+        blocks = math.lcm(blocks, target.groups)
     if conv.out_channels % blocks:
         raise ValueError(f"{graph._module2name[conv]!r}: {conv.out_channels} filters cannot be split into "
                          f"{blocks} equal blocks for its grouped convs")

@@ -44,7 +44,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -59,7 +58,6 @@ TIMEOUT_S = 30.0
 DEFAULT = "DEFAULT"
 _TIMM_PREFIXES = ("timm/", "timm:")
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
-_HASH = re.compile(r"-([a-f0-9]*)\.")  # torch.hub.HASH_REGEX: the sha256 prefix in torchvision's file names
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -201,11 +199,8 @@ class WeightsSource:
     def sha256(self) -> str | None:
         if self.path is None:
             return None
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        st = self.path.stat()
+        return _file_sha256(str(self.path.resolve()), st.st_size, st.st_mtime_ns)
 
     def identity(self) -> dict | None:
         """``{"kind", "name", "file", "sha256"}`` (``"revision"`` for timm); None for random init; for a
@@ -233,6 +228,17 @@ def weights_label(identity: dict | None) -> str:
         return str(identity["name"])
     sha = identity.get("sha256")
     return f"file sha256:{sha[:12]}" if sha else str(identity.get("kind"))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a weights file, computed once per process for one (path, size, mtime): a grid's cells all start
+    from the same 500 MB file, and each records its sha256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def torchvision_cache_file(entry) -> Path:
@@ -300,7 +306,8 @@ def _resolve_torchvision(model: str, entry) -> WeightsSource:
                  f"internet: {_fetch_hint_torchvision(entry.url, path)}")
         if offline():
             raise WeightsNotFound(f"{where} (IMAGENET52P_OFFLINE is set, so nothing was downloaded)")
-        r = _HASH.search(path.name)
+        import torch.hub
+        r = torch.hub.HASH_REGEX.search(path.name)  # the sha256 prefix in torchvision's file names
         log.info("downloading %s into %s", entry.url, path)
         try:
             download(entry.url, path, r.group(1) if r else None)

@@ -71,18 +71,19 @@ def _to_queue(rel: str, images: int, nbytes: int) -> None:
     _QUEUE.put((rel, images, nbytes))
 
 
+def matches_record(task, record: dict | None, out: Path) -> bool:
+    """The shard's record is of its plan and its file has the recorded size: the cheap half of the reuse test
+    (``run.run_task`` adds the checksum)."""
+    if record is None or record.get("plan_sha256") != task.plan_sha256:
+        return False
+    path = Path(out) / task.rel
+    return path.is_file() and path.stat().st_size == record.get("bytes")
+
+
 def expected_kept(tasks: dict, records: dict[str, dict], out: Path) -> set[str]:
-    """Shards (paths relative to ``out``) whose record matches their plan and whose file has the
-    recorded size: the ones a resumed build is expected to keep (the checksum is checked later)."""
-    kept = set()
-    for ts in tasks.values():
-        for t in ts:
-            rec = records.get(t.rel)
-            if rec is not None and rec.get("plan_sha256") == t.plan_sha256:
-                p = out / t.rel
-                if p.is_file() and p.stat().st_size == rec.get("bytes"):
-                    kept.add(t.rel)
-    return kept
+    """Shards (paths relative to ``out``) that :func:`matches_record`: the ones a resumed build is expected to
+    keep (the checksum is checked later)."""
+    return {t.rel for ts in tasks.values() for t in ts if matches_record(t, records.get(t.rel), out)}
 
 
 class BuildProgress:

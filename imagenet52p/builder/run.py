@@ -36,7 +36,7 @@ from .config import (SHARD_OPTIONS, BuildConfig, BuildError, build_identity, ide
 from .layouts import scan_root
 from .lock import LOCK, out_lock
 from .manifest import make_info, make_manifest
-from .progress import BuildProgress, init_worker, reporter
+from .progress import BuildProgress, init_worker, matches_record, reporter
 from .sources import UNREADABLE
 from .writer import ShardTask, write_shard
 
@@ -163,10 +163,8 @@ def run_task(args: tuple[ShardTask, dict | None], sink=None) -> dict:
     """Reuse the shard if ``record`` matches its plan and its file's checksum, else write it
     (reporting per image to ``sink``, or in a worker to the progress queue: :mod:`.progress`)."""
     task, record = args
-    if record is not None and record.get("plan_sha256") == task.plan_sha256:
-        path = Path(task.out) / task.rel
-        if path.is_file() and path.stat().st_size == record["bytes"] and file_sha256(path) == record["sha256"]:
-            return dict(record, reused=True)
+    if matches_record(task, record, Path(task.out)) and file_sha256(Path(task.out) / task.rel) == record["sha256"]:
+        return dict(record, reused=True)
     return dict(write_shard(task, reporter(task.rel, sink)), reused=False)
 
 

@@ -284,8 +284,7 @@ class LoopConfig:
         return d
 
     def hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return canonical_hash(self.identity())
 
 
 @dataclass(frozen=True)
