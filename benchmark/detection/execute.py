@@ -99,10 +99,14 @@ def _train_plugin(rc: DetResolved, data: dict, run_dir: Path):
 
     from pruning.detection.io import detector_from_run, load_detector
     from pruning.detection.train import train_detector
+    from pruning.loop.rundir import RunDir
 
     cfg, cell, env = rc.cfg, rc.cell, rc.env
     model_dir = upstream_model_dir(cfg, cell.upstream, cell.up_id, rc.upstream_results)
     out = run_dir / "train"
+    done = RunDir(out).completed_summary(True)
+    if done is not None:  # a done cell re-entered (its fps is timed now): its detector, without rebuilding its input
+        return load_detector(out / "detector"), {"train": done, "plan": _plan(out / "detector")}
     torch.manual_seed(cell.seed)  # the new RPN and box predictor: a function of the cell, not of the run order
     detector = detector_from_run(model_dir, cfg.arch, num_classes=NUM_CLASSES, preset=cfg.preset,
                                  **cfg.preset_overrides)
@@ -116,6 +120,7 @@ def _train_plugin(rc: DetResolved, data: dict, run_dir: Path):
 def _prune_direct(rc: DetResolved, data: dict, run_dir: Path):
     from pruning.detection.io import load_detector
     from pruning.detection.prune import prune_detector
+    from pruning.loop.rundir import RunDir
 
     cfg, cell, env = rc.cfg, rc.cell, rc.env
     src = Path(env.results_dir) / cell.source_id
@@ -123,8 +128,11 @@ def _prune_direct(rc: DetResolved, data: dict, run_dir: Path):
         raise ValueError(f"the source cell {cell.source_id} of {cell.id} is {cell_state(src)} in {env.results_dir}: "
                          f"its trained detector ({src / 'train' / 'detector'}) is what this cell prunes; run the "
                          f"config again once it is done (`imagenet52p-bench run {cfg.source} --out {env.results_dir}`)")
-    detector = load_detector(src / "train" / "detector")
     out = run_dir / "prune"
+    done = RunDir(out).completed_summary(True)
+    if done is not None:  # a done cell re-entered: its pruned detector, without loading its source's
+        return load_detector(out / "detector"), {"prune": done, "plan": _plan(out / "detector")}
+    detector = load_detector(src / "train" / "detector")
     pc = prune_config(cfg.prune, cell.criterion, cell.ratio, cell.seed)
     summary = prune_detector(detector, pc, data["train"], out, score_data=data["train"], val_data=data["val"],
                              device=env.device, resume=True, progress=env.progress, stop_after=env.stop_after,

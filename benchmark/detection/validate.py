@@ -24,16 +24,17 @@ def detection_problems(cfg, cells, env) -> dict[str, list[str]]:
     from pruning.loop import list_models
 
     out: dict[str, list[str]] = {}
-    voc: dict = {}
+    if not cells:
+        return out
+    known = set(list_models())
+    voc = _voc_problem(DetResolved(cfg, cells[0], env))  # the VOC root is the config's and the machine's
     for cell in cells:
         found = []
-        if cell.model not in list_models():
+        if cell.model not in known:
             found.append(f"unknown model {cell.model!r} in [detector] arch")
         rc = DetResolved(cfg, cell, env)
-        if "voc" not in voc:
-            voc["voc"] = _voc_problem(rc)
-        if voc["voc"]:
-            found.append(voc["voc"])
+        if voc:
+            found.append(voc)
         if cell.kind == "plugin":
             try:
                 upstream_model_dir(cfg, cell.upstream, cell.up_id, rc.upstream_results)

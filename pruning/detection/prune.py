@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost import count_params, device_name
-from ..loop.config import canonical_hash, check_types
+from ..loop.config import ORDERS, canonical_hash, check_types
 from ..loop.rng import rng_state, set_rng_state
 from ..loop.rundir import RunDir, optimizer_state_cpu, save_checkpoint, state_dict_cpu, write_json_atomic
 from ..loop.stages import Stopped, progress_bar
@@ -55,7 +55,6 @@ from .train import (RECIPE_FIELDS, DetTrainConfig, IterationData, LossWindow, SG
 
 log = logging.getLogger(__name__)
 
-ORDERS = ("last_to_first", "first_to_last", "given")
 #: Statistics passes a detector cannot serve without the detection loss.
 LOSS_PASSES = ("per_image_grad", "batch_grad", "masks")
 SCORE_BATCH = 8

@@ -56,7 +56,6 @@ from ..cost import count_params, device_name
 from ..surgery import eval_mode
 
 STAGES = ("transform", "backbone", "rpn", "roi_heads", "postprocess")
-COST_STAGES = ("backbone", "rpn", "roi_heads")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TARGET_EFFICIENCY = 0.7  # GPU target: pruned 50% at batch 1, measured >= 0.7 x predicted speedup
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..cost import device_name
 from ..files import read_torch_file, writing
-from ..loop.config import canonical_hash, check_types
+from ..loop.config import SELECTIONS, canonical_hash, check_types
 from ..loop.rng import rng_state, set_rng_state
 from ..loop.rundir import RunDir, optimizer_state_cpu, save_checkpoint, state_dict_cpu, write_json_atomic
 from ..loop.stages import Stopped, progress_bar
@@ -42,7 +42,6 @@ from ..loop.train import Runtime
 from .evaluate import evaluate_detector
 from .io import detector_doc, save_detector
 
-SELECTIONS = ("last", "best")
 _INT, _NUM = "an integer", "a number"
 _KINDS = {"iterations": _INT, "lr": _NUM, "momentum": _NUM, "weight_decay": _NUM, "gamma": _NUM,
           "warmup_iters": _INT, "warmup_factor": _NUM, "batch_size": _INT, "accum_steps": _INT,
