@@ -22,11 +22,12 @@ the same post-processing work for all.  Per model (pruning.detection.speed):
 - fps at batch 1 over the whole pipeline, all models interleaved in the same run (``measure_fps``),
   with the per-stage breakdown; measured speedup = fps / unpruned fps, predicted = GFLOPs ratio at the
   run's size, efficiency = measured / predicted;
-- training throughput: images/s of forward + backward + SGD step (lr 1e-4, momentum 0.9; conv1-2 frozen as
-  in the preset; bf16 autocast on CUDA as the trainer, fp32 on CPU) at each ``--batch-sizes``, on the
-  synthetic images with 1-3 random boxes each, one warm-up step then the median of ``--train-steps``
-  (default 5 on CUDA, 1 on CPU);
-- eval throughput: images/s of ``detector(batch)`` in eval + inference_mode at each batch size.
+- training throughput: images/s of the trainer's own iteration (``pruning.detection.train.train_step`` with
+  ``make_optimizer``'s groups at lr 1e-4; conv1-2 frozen as in the preset; bf16 autocast on CUDA, fp32 on
+  CPU) at each ``--batch-sizes``, on the synthetic images with 1-3 random boxes each, one warm-up step then
+  the median of ``--train-steps`` (default 5 on CUDA, 1 on CPU);
+- eval throughput: images/s of ``pruning.detection.evaluate.evaluate_detector`` (forward, host copies and the
+  metric's matching) at each batch size, over ``--train-steps`` batches after one warm-up batch.
 
 On CUDA the GPU target is printed: pruned 50% at batch 1, efficiency >= 0.7 -> PASS, else FAIL (the paper
 measured 1.73x fps at 50%).  ``--smoke``: a tinyvgg detector (tiny preset) on 96x128 images, 1 round,
@@ -37,7 +38,6 @@ when some row failed.  JSON (--out): ``{"config", "device", "dtype", "threads", 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import statistics
@@ -80,47 +80,40 @@ def synthetic(n: int, size, seed: int, num_classes: int = 21):
     return images, targets
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_throughput(detector, images, targets, batch_size: int, steps: int, device) -> float:
-    """Images/s of forward + backward + SGD step on a copy of ``detector`` (module docstring)."""
-    model = copy.deepcopy(detector).to(device).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    """Images/s of the trainer's own iteration on a copy of ``detector``: ``pruning.detection.train.train_step``
+    with its optimizer (``make_optimizer``: bias groups) and runtime (bf16 autocast on CUDA), one warm-up
+    iteration, median of ``steps``."""
+    from pruning.detection.train import DetTrainConfig, make_optimizer, train_step
+    from pruning.loop.train import Runtime
+
+    runtime = Runtime.create(str(device), amp=True, channels_last=False)
+    model = copy.deepcopy(detector).to(runtime.device)
+    opt = make_optimizer(model, DetTrainConfig(iterations=1, lr=1e-4))
+    items = list(zip(images, targets))
     times = []
     for i in range(steps + 1):
-        idx = [(i * batch_size + j) % len(images) for j in range(batch_size)]
-        ims = [images[j].to(device) for j in idx]
-        tgs = [{k: v.to(device) for k, v in targets[j].items()} for j in idx]
-        _sync(device)
+        chunk = [items[(i * batch_size + j) % len(items)] for j in range(batch_size)]
+        speed._sync(runtime.device)
         t0 = time.perf_counter()
-        with amp:
-            loss = sum(model(ims, tgs).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync(device)
+        train_step(model, chunk, opt, batch_size, runtime, 1e-4)
+        speed._sync(runtime.device)
         times.append(time.perf_counter() - t0)
     return batch_size / statistics.median(times[1:])
 
 
-def eval_throughput(detector, images, batch_size: int, steps: int, device, dtype) -> float:
-    """Images/s of ``detector(batch)`` in eval + inference_mode: one warm-up batch, median of ``steps``."""
-    amp = torch.autocast(device.type, dtype=speed.DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
-    times = []
-    with pruning.surgery.eval_mode(detector), torch.inference_mode():
-        for i in range(steps + 1):
-            ims = [images[(i * batch_size + j) % len(images)].to(device) for j in range(batch_size)]
-            _sync(device)
-            t0 = time.perf_counter()
-            with amp:
-                detector(ims)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    return batch_size / statistics.median(times[1:])
+def eval_throughput(detector, images, targets, batch_size: int, steps: int, device) -> float:
+    """Images/s of ``pruning.detection.evaluate.evaluate_detector`` (forward in the runtime's precision, the
+    detections' copies to the host, the metric's matching) over ``steps`` batches, after one warm-up batch."""
+    from pruning.detection.evaluate import evaluate_detector
+
+    data = [(images[i % len(images)], targets[i % len(targets)]) for i in range(batch_size * steps)]
+    evaluate_detector(detector, data[:batch_size], device=device, batch_size=batch_size)
+    speed._sync(device)
+    t0 = time.perf_counter()
+    evaluate_detector(detector, data, device=device, batch_size=batch_size)
+    speed._sync(device)
+    return len(data) / (time.perf_counter() - t0)
 
 
 def build_models(args, kind, device):
@@ -161,7 +154,7 @@ def _throughputs(models, rows, images, targets, args, device):
         try:
             for bs in args.batch_sizes:
                 rows[name][f"train_img_s_b{bs}"] = train_throughput(model, images, targets, bs, args.train_steps, device)
-                rows[name][f"eval_img_s_b{bs}"] = eval_throughput(model, images, bs, args.train_steps, device, args.dtype)
+                rows[name][f"eval_img_s_b{bs}"] = eval_throughput(model, images, targets, bs, args.train_steps, device)
         except Exception as exc:  # record the failure in the row and carry on
             rows[name]["error"] = f"{type(exc).__name__}: {exc}"
 
@@ -235,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-steps", type=int, default=None,
                     help="timed steps of the train/eval throughput (default 5 on CUDA, 1 on CPU; 0: skip)")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--dtype", default="float32", choices=sorted(speed.DTYPES), help="fps / eval autocast dtype")
+    ap.add_argument("--dtype", default="float32", choices=sorted(speed.DTYPES), help="fps autocast dtype (train/eval throughput use the trainer's and evaluator's own precision: bf16 on CUDA)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: os.cpu_count())")
     ap.add_argument("--out", default=None, help="also write the result to this JSON file")
