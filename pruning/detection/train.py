@@ -33,7 +33,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..cost import device_name
-from ..files import read_torch_file, writing
 from ..loop.config import SELECTIONS, canonical_hash, check_types
 from ..loop.rng import rng_state, set_rng_state
 from ..loop.rundir import RunDir, optimizer_state_cpu, save_checkpoint, state_dict_cpu, write_json_atomic
@@ -276,30 +275,15 @@ class LossWindow:
 
 
 def prepare_run_dir(rundir: RunDir, run_id: str, config, meta: dict, resume: bool) -> dict | None:
-    """Lock ``rundir``, refuse another run's folder, write ``config.json`` (+ an empty ``events.jsonl`` for a
-    new run); return the checkpoint ``checkpoints/last.pt`` to resume from, or None."""
+    """:meth:`pruning.loop.rundir.RunDir.prepare` for a detector run (a run directory is required): lock it,
+    refuse another run's folder, write ``config.json``; return the checkpoint ``checkpoints/last.pt`` to resume
+    from (its events file cut back to it), or None."""
     path = rundir.path
     if path is None or (path.exists() and not path.is_dir()):
         raise ValueError(f"out_dir={path} must be a run directory (new, or of this run), not None or a file")
-    rundir.lock()
-    cfg_file, last = path / "config.json", path / "checkpoints" / "last.pt"
-    if cfg_file.exists():
-        old = rundir._read_config(cfg_file)
-        if old.get("run_hash") != run_id and not rundir.failed_start():
-            raise ValueError(f"{cfg_file} is of run {old.get('run_hash')}, this run is {run_id} (another "
-                             f"configuration, meta or data); use another out_dir folder, or delete {path}")
-        if old.get("run_hash") == run_id and not resume and not rundir.failed_start():
-            raise ValueError(f"{path} already holds this run; pass resume=True to continue it, or use another folder")
-    write_json_atomic(cfg_file, {"run_hash": run_id, "config_hash": config.hash(), "config": config.to_dict(),
-                                 "meta": meta})
-    if not last.exists():
-        with writing(path / "events.jsonl"):
-            (path / "events.jsonl").write_text("")
-        return None
-    ck = read_torch_file(last, "checkpoint", f"delete {last} to restart the run")
-    if not isinstance(ck, dict) or ck.get("run_hash") != run_id:
-        raise ValueError(f"checkpoint {last} is not of run {run_id}; delete it to restart the run")
-    rundir.truncate_events(int(ck["events"]))
+    ck = rundir.prepare(run_id, config, meta, resume, required=("model", "rng", "events"))
+    if ck is not None:
+        rundir.truncate_events(int(ck["events"]))
     return ck
 
 

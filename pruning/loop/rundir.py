@@ -125,8 +125,13 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, run_hash: str | None = None) -> dict:
-    """Read a checkpoint with ``weights_only=True``; check format and run hash."""
+#: The keys an engine checkpoint must hold (:func:`checkpoint_payload`).
+ENGINE_KEYS = ("position", "plans", "model", "rng", "events", "state")
+
+
+def load_checkpoint(path: str | Path, run_hash: str | None = None, required: tuple = ENGINE_KEYS) -> dict:
+    """Read a checkpoint with ``weights_only=True``; check format, run hash and the ``required`` keys (the
+    engine's by default; the detector trainer's checkpoints hold others)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; start the run without resume")
@@ -140,7 +145,7 @@ def load_checkpoint(path: str | Path, run_hash: str | None = None) -> dict:
         raise ValueError(f"checkpoint {path} belongs to run {ck.get('run_hash')}, not {run_hash}: the "
                          f"configuration changed; use the --out (out_dir) of that run to continue it, or {restart} "
                          f"with this configuration")
-    missing = [k for k in ("position", "plans", "model", "rng", "events", "state") if k not in ck]
+    missing = [k for k in required if k not in ck]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}: it is damaged; {restart}")
     return ck
@@ -194,10 +199,11 @@ class RunDir:
         log.info("%s is complete; returning its summary", self.path)
         return json.loads((self.path / "summary.json").read_text())
 
-    def prepare(self, run_hash: str, config, meta: dict, resume: bool) -> dict | None:
+    def prepare(self, run_hash: str, config, meta: dict, resume: bool, required: tuple = ENGINE_KEYS) -> dict | None:
         """Check the directory, write ``config.json`` (and an empty ``events.jsonl`` for a new run); return the
-        checkpoint to resume from, or None.  A directory of another run, or of this run without ``resume``,
-        is refused."""
+        checkpoint to resume from (:func:`load_checkpoint` with ``required``), or None.  A directory of another
+        run, or of this run without ``resume``, is refused.  The engine's and the detector trainer's runs
+        (:mod:`pruning.detection.train`) both go through it."""
         if self.path is None:
             if resume:
                 raise ValueError("resume=True needs out_dir")
@@ -215,9 +221,10 @@ class RunDir:
                 log.warning("%s holds only a failed start of run %s (config.json, no progress); replacing it "
                             "with run %s", self.path, old.get("run_hash"), run_hash)
             elif old.get("run_hash") != run_hash:
-                raise ValueError(f"{self.path} holds run {old.get('run_hash')}, with another configuration than "
-                                 f"this run {run_hash}, and its progress (events, checkpoints); use another --out "
-                                 f"directory, or delete {self.path} to start this one there")
+                raise ValueError(f"{existing} is of run {old.get('run_hash')}, this run is {run_hash} (another "
+                                 f"configuration, meta or data), and {self.path} holds its progress (events, "
+                                 f"checkpoints); use another --out directory, or delete {self.path} to start this "
+                                 "one there")
             elif not resume:
                 raise ValueError(f"{self.path} already holds this run; pass resume=True (--resume) to continue "
                                  f"it, or use a new directory")
@@ -231,7 +238,7 @@ class RunDir:
                     (self.path / "events.jsonl").write_text("")
         self._barrier()
         if resume and last.exists():
-            return load_checkpoint(last, run_hash)
+            return load_checkpoint(last, run_hash, required)
         return None
 
     def lock(self) -> None:
